@@ -1,0 +1,32 @@
+"""What a parser knows about the packet it reads, and how it builds Observations from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from collectors._observation import NO_ENDPOINT, Attrs, Endpoint, Kind, Observation
+
+
+@dataclass(slots=True)
+class PacketContext:
+    """Timestamp and endpoints of one packet (or reassembled message), plus who is observing."""
+
+    ts: float
+    src: Endpoint = NO_ENDPOINT
+    dst: Endpoint = NO_ENDPOINT
+    source: str = "pcap"
+    agent: str = "lanterne"
+
+    def observation(self, kind: Kind, value: str, attrs: Attrs | None = None, *, reverse: bool = False) -> Observation:
+        """Build an Observation of this packet; ``reverse`` swaps src and dst (e.g. a server's answer)."""
+        src, dst = (self.dst, self.src) if reverse else (self.src, self.dst)
+        return Observation(
+            ts=self.ts,
+            kind=kind,
+            value=value,
+            src=src,
+            dst=dst,
+            attrs=attrs if attrs is not None else {},
+            source=self.source,
+            agent=self.agent,
+        )
