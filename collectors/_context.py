@@ -16,10 +16,14 @@ class PacketContext:
     dst: Endpoint = NO_ENDPOINT
     source: str = "pcap"
     agent: str = "lanterne"
+    vlan: int | None = None
+    """Innermost 802.1Q VLAN id the packet carried, if any; added to every observation's attrs."""
 
     def observation(self, kind: Kind, value: str, attrs: Attrs | None = None, *, reverse: bool = False) -> Observation:
         """Build an Observation of this packet; ``reverse`` swaps src and dst (e.g. a server's answer)."""
         src, dst = (self.dst, self.src) if reverse else (self.src, self.dst)
+        if self.vlan is not None:
+            attrs = {**attrs, "vlan": self.vlan} if attrs else {"vlan": self.vlan}
         return Observation(
             ts=self.ts,
             kind=kind,
