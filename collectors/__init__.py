@@ -1,5 +1,12 @@
-"""Collectors: turn the network into Observations (parsers, capture readers, probes)."""
+"""Collectors: turn the network into Observations (parsers, capture readers, probes).
 
+The decoder (and through it every parser, QUIC's cryptography included) is imported on first use,
+so that code needing only the Observation record stays light.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from collectors._capture import CaptureFormatError, CaptureTruncated, iter_packets
 from collectors._context import PacketContext
 from collectors._errors import MalformedPacket, ParseError, Truncated
 from collectors._observation import (
@@ -15,6 +22,10 @@ from collectors._observation import (
 
 __all__ = [
     "NAME_KINDS",
+    "CaptureFormatError",
+    "CaptureTruncated",
+    "DecodeStats",
+    "Decoder",
     "Endpoint",
     "InvalidObservation",
     "Kind",
@@ -25,5 +36,22 @@ __all__ = [
     "Truncated",
     "canonical_ip",
     "canonical_mac",
+    "decode_file",
+    "decode_packets",
+    "decode_stream",
     "is_locally_administered",
+    "iter_packets",
 ]
+
+if TYPE_CHECKING:
+    from collectors._decoder import Decoder, DecodeStats, decode_file, decode_packets, decode_stream
+
+_LAZY = frozenset({"DecodeStats", "Decoder", "decode_file", "decode_packets", "decode_stream"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from collectors import _decoder  # noqa: PLC0415 - deferred on purpose (see the module docstring)
+
+        return getattr(_decoder, name)
+    raise AttributeError(f"module 'collectors' has no attribute {name!r}")

@@ -144,23 +144,25 @@ def normalise_name(name: str) -> str:
     return printable(name, MAX_NAME_LEN)
 
 
-@dataclass(frozen=True, slots=True)
+_set = object.__setattr__  # frozen records set their fields once, in __init__
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Endpoint:
     """One side of what was seen: any of IP, MAC and port may be unknown."""
 
-    ip: str | None = None
-    mac: str | None = None
-    port: int | None = None
+    ip: str | None
+    mac: str | None
+    port: int | None
 
-    def __post_init__(self) -> None:
-        if self.ip is not None:
-            object.__setattr__(self, "ip", canonical_ip(self.ip))
-        if self.mac is not None:
-            object.__setattr__(self, "mac", canonical_mac(self.mac))
-        if self.port is not None and (
-            not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535
-        ):
-            raise InvalidObservation(f"not a port number: {self.port!r}")
+    # A hand-written __init__ normalises each field once (the generated one plus __post_init__ would
+    # set every field twice; Endpoints are built for every packet that reaches a parser).
+    def __init__(self, ip: str | None = None, mac: str | None = None, port: int | None = None) -> None:
+        _set(self, "ip", None if ip is None else canonical_ip(ip))
+        _set(self, "mac", None if mac is None else canonical_mac(mac))
+        if port is not None and (port.__class__ is not int or not 0 <= port <= 65535):
+            raise InvalidObservation(f"not a port number: {port!r}")
+        _set(self, "port", port)
 
     def to_dict(self) -> dict[str, str | int | None]:
         """Return the JSON form (DESIGN §8)."""
@@ -197,6 +199,8 @@ def _normalise_attr_value(key: str, value: object) -> AttrValue:
 
 
 def _normalise_attrs(attrs: Mapping[str, object]) -> dict[str, AttrValue]:
+    if not isinstance(attrs, Mapping):
+        raise InvalidObservation("attrs must be a mapping")
     if len(attrs) > MAX_ATTRS:
         raise InvalidObservation(f"too many attributes ({len(attrs)} > {MAX_ATTRS})")
     clean: dict[str, AttrValue] = {}
@@ -207,7 +211,7 @@ def _normalise_attrs(attrs: Mapping[str, object]) -> dict[str, AttrValue]:
     return clean
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Observation:
     """What was seen, between which endpoints, when, by which collector and agent."""
 
@@ -217,39 +221,57 @@ class Observation:
     """What this is, from the closed vocabulary."""
     value: str
     """The thing seen: a name, a banner, a fingerprint; normalised per kind."""
-    src: Endpoint = NO_ENDPOINT
+    src: Endpoint
     """The client side (or the device that announced itself)."""
-    dst: Endpoint = NO_ENDPOINT
+    dst: Endpoint
     """The server side (or the receiver of the announcement)."""
-    attrs: Attrs = field(default_factory=dict, hash=False)
+    attrs: Attrs = field(hash=False)
     """A small flat summary (ALPN, JA4, addresses...): never a payload."""
-    source: str = "pcap"
+    source: str
     """The collector that produced it (``pcap``, ``live``, ``zeek``, ``probe.snmp``...)."""
-    agent: str = "lanterne"
+    agent: str
     """The agent (sensor) that produced it."""
 
-    def __post_init__(self) -> None:
-        try:
-            kind = Kind(self.kind)
-        except ValueError as exc:
-            raise InvalidObservation(f"unknown observation kind {self.kind!r}") from exc
-        object.__setattr__(self, "kind", kind)
-        if isinstance(self.ts, bool) or not isinstance(self.ts, int | float) or not math.isfinite(self.ts):
-            raise InvalidObservation(f"timestamp must be a finite number, not {self.ts!r}")
-        object.__setattr__(self, "ts", float(self.ts))
-        if not isinstance(self.value, str):
-            raise InvalidObservation(f"value must be text, not {type(self.value).__name__}")
-        value = normalise_name(self.value) if kind in NAME_KINDS else printable(self.value.strip())
+    def __init__(
+        self,
+        ts: float,
+        kind: Kind | str,
+        value: str,
+        src: Endpoint = NO_ENDPOINT,
+        dst: Endpoint = NO_ENDPOINT,
+        attrs: Mapping[str, object] | None = None,
+        source: str = "pcap",
+        agent: str = "lanterne",
+    ) -> None:
+        if kind.__class__ is not Kind:
+            try:
+                kind = Kind(kind)
+            except ValueError as exc:
+                raise InvalidObservation(f"unknown observation kind {kind!r}") from exc
+        _set(self, "kind", kind)
+        if ts.__class__ is not float:
+            if isinstance(ts, bool) or not isinstance(ts, int | float):
+                raise InvalidObservation(f"timestamp must be a number, not {ts!r}")
+            ts = float(ts)
+        if not math.isfinite(ts):
+            raise InvalidObservation("timestamp must be finite")
+        _set(self, "ts", ts)
+        if value.__class__ is not str:
+            raise InvalidObservation(f"value must be text, not {type(value).__name__}")
+        value = normalise_name(value) if kind in NAME_KINDS else printable(value.strip())
         if not value:
             raise InvalidObservation(f"empty value for {kind}")
-        object.__setattr__(self, "value", value)
-        if not isinstance(self.src, Endpoint) or not isinstance(self.dst, Endpoint):
+        _set(self, "value", value)
+        if src.__class__ is not Endpoint or dst.__class__ is not Endpoint:
             raise InvalidObservation("src and dst must be Endpoints")
-        object.__setattr__(self, "attrs", _normalise_attrs(self.attrs))
-        for name in ("source", "agent"):
-            text = getattr(self, name)
-            if not isinstance(text, str) or not text or not text.isprintable() or len(text) > 64:
+        _set(self, "src", src)
+        _set(self, "dst", dst)
+        _set(self, "attrs", _normalise_attrs(attrs) if attrs else {})
+        for name, text in (("source", source), ("agent", agent)):
+            if text.__class__ is not str or not text or len(text) > 64 or not text.isprintable():
                 raise InvalidObservation(f"{name} must be a short printable name")
+        _set(self, "source", source)
+        _set(self, "agent", agent)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-line form of ``lanterne decode`` (DESIGN §8)."""

@@ -1,0 +1,645 @@
+"""The passive decoder: link layer → IP → transport → the protocol parsers, on raw bytes.
+
+This is the hot path. Most packets on a hospital link are bulk (TLS application data, ACKs, SMB,
+RTP): the loop throws them away after looking at a handful of bytes, without slicing or building
+objects. Only packets that can carry an Observation kind reach a parser, and protocols are
+recognised by content where ports lie (DICOM and HL7 run on site-specific ports).
+
+Everything the network sends is untrusted: a malformed packet is counted and skipped; a parser
+bug is counted too (and re-raised in ``strict`` mode, which the tests use) — nothing stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Final, cast
+
+from collectors import dhcp, dicom, dns, hl7, http, nbns, quic, snmp, ssdp, tls
+from collectors._capture import CHUNK_SIZE, CaptureFormatError, CaptureTruncated, iter_packets
+from collectors._context import PacketContext
+from collectors._errors import ParseError, Truncated
+from collectors._ipfrag import Defragmenter
+from collectors._observation import Endpoint, InvalidObservation, Observation
+from collectors._quiet import QuietLogger
+from collectors._tcp import MAX_STREAM_BYTES, STREAM_TIMEOUT, Stream, StreamParser, StreamStarts
+
+_LOGGER = logging.getLogger(__name__)
+_QUIET = QuietLogger(_LOGGER)
+
+# Link types (https://www.tcpdump.org/linktypes.html)
+LINKTYPE_NULL: Final = 0
+LINKTYPE_ETHERNET: Final = 1
+LINKTYPE_RAW_OLD: Final = 12
+LINKTYPE_RAW: Final = 101
+LINKTYPE_LOOP: Final = 108
+LINKTYPE_LINUX_SLL: Final = 113
+LINKTYPE_IPV4: Final = 228
+LINKTYPE_IPV6: Final = 229
+LINKTYPE_LINUX_SLL2: Final = 276
+SUPPORTED_LINKTYPES: Final = frozenset(
+    {
+        LINKTYPE_NULL,
+        LINKTYPE_ETHERNET,
+        LINKTYPE_RAW_OLD,
+        LINKTYPE_RAW,
+        LINKTYPE_LOOP,
+        LINKTYPE_LINUX_SLL,
+        LINKTYPE_IPV4,
+        LINKTYPE_IPV6,
+        LINKTYPE_LINUX_SLL2,
+    }
+)
+
+ETH_IPV4: Final = 0x0800
+ETH_IPV6: Final = 0x86DD
+VLAN_TAGS: Final = frozenset({0x8100, 0x88A8, 0x9100})
+MAX_VLAN_TAGS: Final = 4
+
+# IPv6 extension headers that we walk through (RFC 8200 §4 and the IANA registry).
+IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
+IPV6_FRAGMENT: Final = 44
+IPV6_AH: Final = 51
+MAX_IPV6_EXTENSIONS: Final = 8
+
+PROTO_TCP: Final = 6
+PROTO_UDP: Final = 17
+
+UdpObserve = Callable[[bytes, PacketContext], list[Observation]]
+
+
+def _dns(payload: bytes, ctx: PacketContext) -> list[Observation]:
+    return dns.observe(payload, ctx, "dns")
+
+
+def _mdns(payload: bytes, ctx: PacketContext) -> list[Observation]:
+    return dns.observe(payload, ctx, "mdns")
+
+
+def _llmnr(payload: bytes, ctx: PacketContext) -> list[Observation]:
+    return dns.observe(payload, ctx, "llmnr")
+
+
+def _dns_tcp(data: bytes, ctx: PacketContext) -> list[Observation]:
+    return dns.observe_tcp(data, ctx, "dns")
+
+
+#: UDP port → (protocol name, parser). Either side's port selects the parser.
+UDP_PORTS: Final[dict[int, tuple[str, UdpObserve]]] = {
+    53: ("dns", _dns),
+    5353: ("mdns", _mdns),
+    5355: ("llmnr", _llmnr),
+    137: ("nbns", nbns.observe),
+    67: ("dhcp", dhcp.observe),
+    68: ("dhcp", dhcp.observe),
+    1900: ("ssdp", ssdp.observe),
+    161: ("snmp", snmp.observe),
+    162: ("snmp", snmp.observe),
+}
+
+#: First payload bytes of TCP messages we read, recognised whatever the port.
+_HTTP_METHOD_INITIALS: Final = frozenset(b"GPHDOCT")
+#: The same as a 256-entry table for the hot loop: TLS handshake, DICOM PDU 1/2, MLLP start, HTTP.
+_TCP_FIRST_BYTE: Final = bytes(
+    1 if b in _HTTP_METHOD_INITIALS or b in (0x16, 0x01, 0x02, 0x0B) else 0 for b in range(256)
+)
+#: Largest frame accepted in a pcap record (anything larger is a corrupt file).
+MAX_FRAME: Final = 1 << 18
+_RECORD_LENGTH: Final = struct.Struct("<I")
+_RECORD_TIME: Final = struct.Struct("<II")
+#: From the Ethernet type to the TCP data offset, in one call: ethertype, IPv4 version/IHL, total
+#: length, flags+fragment offset, protocol, source and destination ports, first UDP payload byte,
+#: TCP data offset (valid for IPv4 without options only, which the loop checks before trusting it).
+_ETH_IPV4_L4: Final = struct.Struct(">HBxHxxHxBxx8xHHxxxxBxxxB")
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """What the decoder saw: the summary ``lanterne decode`` prints and the daemon exports."""
+
+    packets: int = 0
+    decoded: int = 0
+    """Packets (or reassembled messages) that produced at least one Observation."""
+    malformed: int = 0
+    """Packets whose headers or protocol message were broken: counted, skipped."""
+    unsupported_link: int = 0
+    observations: int = 0
+    per_kind: Counter[str] = field(default_factory=Counter)
+    malformed_by: Counter[str] = field(default_factory=Counter)
+    parser_errors: int = 0
+    """Unexpected exceptions from a parser (bugs): counted, never fatal outside strict mode."""
+    fragments: int = 0
+    streams_evicted: int = 0
+    truncated_files: int = 0
+    """Captures that ended in the middle of a record (cut short): decoded up to the cut."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the summary as plain data."""
+        return {
+            "packets": self.packets,
+            "decoded": self.decoded,
+            "malformed": self.malformed,
+            "unsupported_link": self.unsupported_link,
+            "observations": self.observations,
+            "per_kind": dict(sorted(self.per_kind.items())),
+            "malformed_by": dict(sorted(self.malformed_by.items())),
+            "parser_errors": self.parser_errors,
+            "fragments": self.fragments,
+            "streams_evicted": self.streams_evicted,
+            "truncated_files": self.truncated_files,
+        }
+
+
+class Decoder:
+    """Turns raw frames into Observations; keeps only bounded per-flow state."""
+
+    def __init__(
+        self,
+        *,
+        agent: str = "lanterne",
+        source: str = "pcap",
+        stats: DecodeStats | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.agent = agent
+        self.source = source
+        self.stats = stats if stats is not None else DecodeStats()
+        self.strict = strict
+        self.out: list[Observation] = []
+        self.streams = StreamStarts()
+        self.defrag = Defragmenter()
+        self.quic = quic.QuicTracker()
+
+    # -- entry points ----------------------------------------------------------------------------
+
+    def feed(self, ts: float, linktype: int, buf: bytes, off: int, caplen: int) -> None:
+        """Decode one frame found at ``buf[off:off + caplen]``; observations go to ``self.out``."""
+        self.stats.packets += 1
+        end = off + caplen
+        src_mac: bytes | None = None
+        dst_mac: bytes | None = None
+        vlan: int | None = None
+        if linktype == LINKTYPE_ETHERNET:
+            if caplen < 14:
+                self._malformed("ethernet")
+                return
+            ethertype = (buf[off + 12] << 8) | buf[off + 13]
+            p = off + 14
+            if ethertype in VLAN_TAGS:
+                for _ in range(MAX_VLAN_TAGS):
+                    if p + 4 > end:
+                        self._malformed("vlan")
+                        return
+                    vlan = ((buf[p] << 8) | buf[p + 1]) & 0x0FFF
+                    ethertype = (buf[p + 2] << 8) | buf[p + 3]
+                    p += 4
+                    if ethertype not in VLAN_TAGS:
+                        break
+            if ethertype != ETH_IPV4 and ethertype != ETH_IPV6:
+                return
+            dst_mac = buf[off : off + 6]
+            src_mac = buf[off + 6 : off + 12]
+        elif linktype == LINKTYPE_LINUX_SLL:
+            if caplen < 16:
+                self._malformed("sll")
+                return
+            ethertype = (buf[off + 14] << 8) | buf[off + 15]
+            p = off + 16
+            if ((buf[off + 2] << 8) | buf[off + 3]) == 1 and ((buf[off + 4] << 8) | buf[off + 5]) == 6:
+                src_mac = buf[off + 6 : off + 12]  # ARPHRD_ETHER sender address
+            if ethertype in VLAN_TAGS and p + 4 <= end:
+                vlan = ((buf[p] << 8) | buf[p + 1]) & 0x0FFF
+                ethertype = (buf[p + 2] << 8) | buf[p + 3]
+                p += 4
+        elif linktype == LINKTYPE_LINUX_SLL2:
+            if caplen < 20:
+                self._malformed("sll2")
+                return
+            ethertype = (buf[off] << 8) | buf[off + 1]
+            p = off + 20
+            if ((buf[off + 8] << 8) | buf[off + 9]) == 1 and buf[off + 11] == 6:
+                src_mac = buf[off + 12 : off + 18]
+        elif linktype in (LINKTYPE_RAW, LINKTYPE_RAW_OLD, LINKTYPE_IPV4, LINKTYPE_IPV6):
+            if caplen < 1:
+                self._malformed("raw")
+                return
+            version = buf[off] >> 4
+            ethertype = ETH_IPV4 if version == 4 else ETH_IPV6 if version == 6 else 0
+            p = off
+        elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+            if caplen < 4:
+                self._malformed("null")
+                return
+            family = buf[off + 3] if buf[off] == 0 else buf[off]  # host byte order of the writer
+            ethertype = ETH_IPV4 if family == 2 else ETH_IPV6 if family in (10, 24, 28, 30) else 0
+            p = off + 4
+        else:
+            self.stats.unsupported_link += 1
+            return
+
+        # -- network layer -------------------------------------------------------------------------
+        if ethertype == ETH_IPV4:
+            if p + 20 > end:
+                self._malformed("ipv4")
+                return
+            vihl = buf[p]
+            ihl = (vihl & 0x0F) << 2
+            total = (buf[p + 2] << 8) | buf[p + 3]
+            if vihl >> 4 != 4 or ihl < 20 or total < ihl:
+                self._malformed("ipv4")
+                return
+            ipend = p + total
+            ipend = min(ipend, end)  # snap length cut the packet: parse what we have
+            proto = buf[p + 9]
+            l4 = p + ihl
+            frag = ((buf[p + 6] << 8) | buf[p + 7]) & 0x3FFF
+            family = socket.AF_INET
+            addr_off, addr_len = p + 12, 4
+            if frag:
+                key = buf[p + 12 : p + 20] + buf[p + 4 : p + 6] + bytes((proto,))
+                whole = self.defrag.add(key, ts, (frag & 0x1FFF) << 3, bool(frag & 0x2000), buf[l4:ipend])
+                self.stats.fragments += 1
+                if whole is None:
+                    return
+                header = buf[p:l4]
+                buf, l4, ipend = header + whole, ihl, ihl + len(whole)
+                addr_off, p = 12, 0
+        elif ethertype == ETH_IPV6:
+            if p + 40 > end:
+                self._malformed("ipv6")
+                return
+            if buf[p] >> 4 != 6:
+                self._malformed("ipv6")
+                return
+            ipend = p + 40 + ((buf[p + 4] << 8) | buf[p + 5])
+            ipend = min(ipend, end)
+            proto = buf[p + 6]
+            l4 = p + 40
+            family = socket.AF_INET6
+            addr_off, addr_len = p + 8, 16
+            frag_info: tuple[int, bool, bytes] | None = None
+            for _ in range(MAX_IPV6_EXTENSIONS):
+                if proto in IPV6_EXTENSIONS:
+                    if l4 + 8 > ipend:
+                        self._malformed("ipv6")
+                        return
+                    proto, l4 = buf[l4], l4 + ((buf[l4 + 1] + 1) << 3)
+                elif proto == IPV6_FRAGMENT:
+                    if l4 + 8 > ipend:
+                        self._malformed("ipv6")
+                        return
+                    offset_flags = (buf[l4 + 2] << 8) | buf[l4 + 3]
+                    frag_info = (offset_flags & 0xFFF8, bool(offset_flags & 1), buf[l4 + 4 : l4 + 8])
+                    proto, l4 = buf[l4], l4 + 8
+                elif proto == IPV6_AH:
+                    if l4 + 8 > ipend:
+                        self._malformed("ipv6")
+                        return
+                    proto, l4 = buf[l4], l4 + ((buf[l4 + 1] + 2) << 2)
+                else:
+                    break
+            if l4 > ipend:
+                self._malformed("ipv6")
+                return
+            if frag_info is not None:
+                offset, more, ident = frag_info
+                if offset == 0 and not more:
+                    pass  # an atomic fragment (RFC 6946): nothing to wait for
+                else:
+                    key = buf[p + 8 : p + 40] + ident + bytes((proto,))
+                    whole = self.defrag.add(key, ts, offset, more, buf[l4:ipend])
+                    self.stats.fragments += 1
+                    if whole is None:
+                        return
+                    header = buf[p + 8 : p + 40]
+                    buf, l4, ipend = header + whole, 32, 32 + len(whole)
+                    addr_off = 0
+        else:
+            return
+
+        # -- transport -----------------------------------------------------------------------------
+        if proto == PROTO_TCP:
+            if l4 + 20 > ipend:
+                self._malformed("tcp")
+                return
+            pl = l4 + ((buf[l4 + 12] >> 4) << 2)
+            if pl >= ipend:
+                return  # no payload: SYN, ACK, FIN…
+            sport = (buf[l4] << 8) | buf[l4 + 1]
+            dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
+            b0 = buf[pl]
+            parser: StreamParser | None = None
+            name = ""
+            if b0 == 0x16:
+                if pl + 6 <= ipend and buf[pl + 1] == 0x03 and buf[pl + 5] == 0x01:
+                    parser, name = tls.observe, "tls"
+            elif b0 in _HTTP_METHOD_INITIALS:
+                if b0 == 0x48 and buf[pl : pl + 7] == b"HTTP/1.":  # "H": a response, or HEAD
+                    parser, name = http.observe_response, "http"
+                elif http.is_request_start(buf[pl : pl + 16]):
+                    parser, name = http.observe_request, "http"
+            elif b0 == 0x0B:
+                if hl7.is_mllp_start(buf[pl : pl + 8]):
+                    parser, name = hl7.observe, "hl7"
+            elif b0 == 0x01 or b0 == 0x02:
+                if dicom.is_pdu_start(buf[pl : pl + 12]):
+                    parser, name = dicom.observe, "dicom"
+            if parser is None and (sport == 53 or dport == 53):
+                parser, name = _dns_tcp, "dns"
+            ports = (sport << 16) | dport
+            if parser is None:
+                if ports in self.streams.port_pairs:
+                    key = buf[addr_off : addr_off + 2 * addr_len] + buf[l4 : l4 + 4]
+                    stream = self.streams.streams.get(key)
+                    if stream is not None:
+                        seq = int.from_bytes(buf[l4 + 4 : l4 + 8], "big")
+                        self._continue_stream(key, ports, stream, seq, ts, buf[pl:ipend])
+                return
+            key = buf[addr_off : addr_off + 2 * addr_len] + buf[l4 : l4 + 4]
+            if ports in self.streams.port_pairs:
+                self.streams.close(key, ports)  # a new message restarts the stream
+            ctx = self._context(ts, family, buf, addr_off, addr_len, src_mac, dst_mac, sport, dport, vlan)
+            data = buf[pl:ipend]
+            try:
+                self._emit(parser(data, ctx))
+            except Truncated:
+                if len(data) < MAX_STREAM_BYTES:
+                    seq = int.from_bytes(buf[l4 + 4 : l4 + 8], "big")
+                    stream = Stream(parser, ctx, name, (seq + len(data)) & 0xFFFFFFFF, bytearray(data), ts)
+                    self.streams.open(key, ports, stream)
+                else:
+                    self._malformed(name)
+            except (ParseError, InvalidObservation):
+                self._malformed(name)
+            except Exception:
+                self._parser_error(name)
+        elif proto == PROTO_UDP:
+            if l4 + 8 > ipend:
+                self._malformed("udp")
+                return
+            sport = (buf[l4] << 8) | buf[l4 + 1]
+            dport = (buf[l4 + 2] << 8) | buf[l4 + 3]
+            ulen = (buf[l4 + 4] << 8) | buf[l4 + 5]
+            pl = l4 + 8
+            uend = l4 + ulen
+            if ulen < 8:
+                self._malformed("udp")
+                return
+            uend = min(uend, ipend)
+            if pl >= uend:
+                return
+            handler = UDP_PORTS.get(dport) or UDP_PORTS.get(sport)
+            if handler is None:
+                b0 = buf[pl]
+                if b0 & 0xC0 != 0xC0 or not quic.is_long_header_initial(buf[pl : pl + 64]):
+                    return
+                handler = ("quic", self.quic.observe)
+            name, observe = handler
+            ctx = self._context(ts, family, buf, addr_off, addr_len, src_mac, dst_mac, sport, dport, vlan)
+            try:
+                self._emit(observe(buf[pl:uend], ctx))
+            except (ParseError, InvalidObservation):
+                self._malformed(name)
+            except Exception:
+                self._parser_error(name)
+
+    def scan_pcap(self, buf: bytes, pos: int, limit: int, linktype: int, resolution: float) -> int:
+        """Decode the complete little-endian pcap records in ``buf[pos:limit]``; return where the rest starts.
+
+        The hot loop of file decoding. Bulk Ethernet/IPv4 packets are thrown away here after a few
+        byte comparisons, without a call, a slice or an object; anything that may carry an
+        Observation (or is unusual: VLAN, IPv6, options, fragments) goes through ``feed``.
+        """
+        feed = self.feed
+        port_pairs = self.streams.port_pairs
+        udp_ports = UDP_PORTS
+        tcp_first = _TCP_FIRST_BYTE
+        record_length = _RECORD_LENGTH.unpack_from
+        headers = _ETH_IPV4_L4.unpack_from
+        ethernet = linktype == LINKTYPE_ETHERNET
+        skipped = 0
+        while True:
+            frame = pos + 16
+            if frame > limit:
+                break
+            caplen = record_length(buf, pos + 8)[0]
+            end = frame + caplen
+            if end > limit:
+                if caplen > MAX_FRAME:
+                    raise CaptureFormatError(f"corrupt pcap record (length {caplen})")
+                break
+            if ethernet and caplen >= 54:
+                ethertype, vihl, total, fragment, proto, sport, dport, udp0, tcp_offset = headers(buf, frame + 12)
+                # IPv4 without options and not a fragment: the common case, decided right here.
+                if ethertype == ETH_IPV4 and vihl == 0x45 and not fragment & 0x3FFF:
+                    ipend = frame + 14 + total
+                    if ipend > end:
+                        ipend = end
+                    if proto == PROTO_TCP:
+                        payload = frame + 34 + ((tcp_offset >> 4) << 2)
+                        if payload >= ipend or (
+                            not tcp_first[buf[payload]]
+                            and sport != 53
+                            and dport != 53
+                            and ((sport << 16) | dport) not in port_pairs
+                        ):
+                            skipped += 1
+                            pos = end
+                            continue
+                    elif proto == PROTO_UDP:
+                        if (
+                            frame + 42 < ipend
+                            and udp0 & 0xC0 != 0xC0
+                            and sport not in udp_ports
+                            and dport not in udp_ports
+                        ):
+                            skipped += 1
+                            pos = end
+                            continue
+                    else:
+                        skipped += 1
+                        pos = end
+                        continue
+            sec, frac = _RECORD_TIME.unpack_from(buf, pos)
+            feed(sec + frac * resolution, linktype, buf, frame, caplen)
+            pos = end
+        self.stats.packets += skipped
+        return pos
+
+    def flush(self) -> list[Observation]:
+        """Hand over the observations decoded so far."""
+        out, self.out = self.out, []
+        return out
+
+    # -- helpers (off the hot path: only packets that reach a parser get here) --------------------
+
+    def _context(
+        self,
+        ts: float,
+        family: int,
+        buf: bytes,
+        addr_off: int,
+        addr_len: int,
+        src_mac: bytes | None,
+        dst_mac: bytes | None,
+        sport: int,
+        dport: int,
+        vlan: int | None,
+    ) -> PacketContext:
+        src_ip = socket.inet_ntop(family, buf[addr_off : addr_off + addr_len])
+        dst_ip = socket.inet_ntop(family, buf[addr_off + addr_len : addr_off + 2 * addr_len])
+        return PacketContext(
+            ts,
+            Endpoint(src_ip, src_mac.hex(":") if src_mac else None, sport),
+            Endpoint(dst_ip, dst_mac.hex(":") if dst_mac else None, dport),
+            self.source,
+            self.agent,
+            vlan,
+        )
+
+    def _continue_stream(self, key: bytes, ports: int, stream: Stream, seq: int, ts: float, payload: bytes) -> None:
+        if ts - stream.last_ts > STREAM_TIMEOUT:
+            self.streams.close(key, ports)
+            return
+        stream.last_ts = ts
+        if not self.streams.extend(stream, seq, payload):
+            return
+        try:
+            self._emit(stream.parser(bytes(stream.data), stream.ctx))
+        except Truncated:
+            if len(stream.data) < MAX_STREAM_BYTES:
+                return
+            self._malformed(stream.protocol)
+        except (ParseError, InvalidObservation):
+            self._malformed(stream.protocol)
+        except Exception:
+            self._parser_error(stream.protocol)
+        self.streams.close(key, ports)
+
+    def _emit(self, observations: list[Observation]) -> None:
+        if observations:
+            stats = self.stats
+            stats.decoded += 1
+            stats.observations += len(observations)
+            per_kind = stats.per_kind
+            for obs in observations:
+                per_kind[obs.kind] += 1
+            self.out += observations
+
+    def _malformed(self, protocol: str) -> None:
+        self.stats.malformed += 1
+        self.stats.malformed_by[protocol] += 1
+
+    def _parser_error(self, protocol: str) -> None:
+        self.stats.parser_errors += 1
+        self.stats.malformed_by[protocol] += 1
+        if self.strict:
+            raise
+        _QUIET.exception("unexpected error in the %s parser (packet skipped)", protocol)
+
+
+def decode_stream(
+    handle: BinaryIO,
+    *,
+    agent: str = "lanterne",
+    source: str = "pcap",
+    stats: DecodeStats | None = None,
+    strict: bool = False,
+) -> Iterator[Observation]:
+    """Decode a pcap/pcapng stream, yielding Observations as they are found."""
+    decoder = Decoder(agent=agent, source=source, stats=stats, strict=strict)
+    head = handle.read(24)
+    try:
+        if head[:4] in FAST_PCAP_MAGICS and len(head) == 24:
+            yield from _decode_pcap_fast(decoder, handle, head)
+        else:
+            feed = decoder.feed
+            for ts, linktype, buf, off, caplen in iter_packets(cast(BinaryIO, _Prepend(head, handle))):
+                feed(ts, linktype, buf, off, caplen)
+                if decoder.out:
+                    yield from decoder.flush()
+    except CaptureTruncated:
+        decoder.stats.truncated_files += 1
+    decoder.stats.streams_evicted += decoder.streams.evicted
+
+
+#: Little-endian pcap (µs and ns): what libpcap writes on every common machine; read by the fast loop.
+FAST_PCAP_MAGICS: Final = {b"\xd4\xc3\xb2\xa1": 1e-6, b"\x4d\x3c\xb2\xa1": 1e-9}
+
+
+def _decode_pcap_fast(decoder: Decoder, handle: BinaryIO, head: bytes) -> Iterator[Observation]:
+    resolution = FAST_PCAP_MAGICS[head[:4]]
+    linktype = int.from_bytes(head[20:24], "little") & 0x03FFFFFF
+    scan = decoder.scan_pcap
+    tail = b""
+    while True:
+        chunk = handle.read(CHUNK_SIZE)
+        if not chunk:
+            break
+        start = 0
+        if tail:
+            # Finish the record that straddles the chunk boundary on a small joined copy, rather
+            # than copying the whole chunk behind the tail.
+            joined = tail + chunk[: 2 * MAX_FRAME]
+            pos = scan(joined, 0, len(joined), linktype, resolution)
+            if pos >= len(tail):
+                start = pos - len(tail)
+            else:
+                chunk = joined + chunk[2 * MAX_FRAME :]
+        pos = scan(chunk, start, len(chunk), linktype, resolution)
+        tail = chunk[pos:]
+        if decoder.out:
+            yield from decoder.flush()
+    if tail:
+        raise CaptureTruncated("capture ends inside a packet")
+
+
+class _Prepend:
+    """A read-only file that first returns bytes already read from another one."""
+
+    __slots__ = ("_handle", "_head")
+
+    def __init__(self, head: bytes, handle: BinaryIO) -> None:
+        self._head = head
+        self._handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        """Read like a file."""
+        if self._head:
+            if size < 0:
+                data, self._head = self._head + self._handle.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            if len(data) < size:
+                data += self._handle.read(size - len(data))
+            return data
+        return self._handle.read(size)
+
+
+def decode_file(
+    path: str | Path,
+    *,
+    agent: str = "lanterne",
+    source: str = "pcap",
+    stats: DecodeStats | None = None,
+    strict: bool = False,
+) -> Iterator[Observation]:
+    """Decode a capture file (pcap or pcapng), yielding its Observations in capture order."""
+    with open(path, "rb") as handle:
+        yield from decode_stream(handle, agent=agent, source=source, stats=stats, strict=strict)
+
+
+def decode_packets(
+    frames: Iterable[tuple[float, bytes]], *, linktype: int = LINKTYPE_ETHERNET, strict: bool = True
+) -> list[Observation]:
+    """Decode in-memory frames (tests and probes): ``(ts, frame bytes)`` pairs of one link type."""
+    decoder = Decoder(strict=strict)
+    for ts, frame in frames:
+        decoder.feed(ts, linktype, frame, 0, len(frame))
+    return decoder.flush()
+
