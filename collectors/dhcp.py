@@ -87,7 +87,7 @@ def decode_hostname(raw: bytes) -> str:
                 if label[:4].lower() == "xn--":
                     # A bad punycode label is kept as sent: it is still what the host said.
                     with contextlib.suppress(UnicodeError):
-                        label = label.encode("ascii").decode("idna")
+                        label = label.lower().encode("ascii").decode("idna")
                 labels.append(label)
             text = ".".join(labels)
         return text
