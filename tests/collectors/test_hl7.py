@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collectors import Endpoint, Kind, MalformedPacket, PacketContext, ParseError, Truncated, hl7
-from tests.conformance.fields_http_hl7 import DERIVED, FIELDS, observe_capture, tcp_streams
+from collectors import Endpoint, Kind, MalformedPacket, PacketContext, ParseError, Truncated, decode_file, hl7
+from tests.collectors.test_http import tcp_streams
+from tests.conformance.fields_http_hl7 import DERIVED, FIELDS
 from tests.corpus import require_corpus, truth_of
 
 SENDER = Endpoint(ip="10.20.0.5", port=40000)
@@ -141,7 +142,7 @@ def test_only_parse_errors_escape(data: bytes) -> None:
 def test_ndpi_hl7_capture_matches_tshark() -> None:
     corpus = require_corpus()
     capture = corpus / "pcap" / "ndpi" / "hl7.pcap"
-    observations = observe_capture(capture)
+    observations = list(decode_file(capture))
     assert FIELDS["hl7_message_types"](observations) == DERIVED["hl7_message_types"](truth_of(capture))
     assert FIELDS["hl7_message_types"](observations) == {"ADT^A01", "ACK"}
     adt = next(o for o in observations if o.value == "ADT^A01")

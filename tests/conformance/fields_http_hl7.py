@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6
-from scapy.packet import Padding, Raw
-from scapy.utils import PcapReader
-
-import collectors
-from collectors import Endpoint, Kind, Observation, PacketContext, ParseError, dicom, hl7, http
+from collectors import Kind, Observation, http
 from collectors._observation import normalise_name, printable
 
 
@@ -72,77 +65,3 @@ NORMALISE: dict[str, Callable[[str], str | None]] = {
 DERIVED: dict[str, Callable[[dict[str, Any]], set[str]]] = {
     "hl7_message_types": hl7_message_types,
 }
-
-
-# --- Until the maintainer's decoder exists: the same job done slowly with scapy -------------------
-
-#: Bytes reassembled per TCP direction, as the decoder does.
-STREAM_CAP = 16 * 1024
-
-
-def tcp_streams(path: Path) -> list[tuple[tuple[str, int, str, int], float, bytes]]:
-    """Return ``(src, sport, dst, dport)``, first timestamp and first bytes of each TCP direction."""
-    segments: dict[tuple[str, int, str, int], list[tuple[int, float, bytes]]] = {}
-    initial: dict[tuple[str, int, str, int], int] = {}
-    with PcapReader(str(path)) as reader:
-        for packet in reader:
-            ip = packet.getlayer(IP) or packet.getlayer(IPv6)
-            if ip is None and packet.haslayer(Raw):
-                # Link types scapy does not know (BSD loopback): find the IP header by its version.
-                load = bytes(packet[Raw].load)
-                for offset in (0, 4):
-                    version = load[offset] >> 4 if len(load) > offset else 0
-                    if version in (4, 6):
-                        ip = (IP if version == 4 else IPv6)(load[offset:])
-                        break
-            if ip is None or not ip.haslayer(TCP):
-                continue
-            tcp = ip[TCP]
-            key = (str(ip.src), int(tcp.sport), str(ip.dst), int(tcp.dport))
-            payload = bytes(tcp.payload)
-            if tcp.haslayer(Padding):
-                payload = payload[: len(payload) - len(tcp[Padding])]
-            if tcp.flags & 0x02:  # SYN: the stream starts at ISN + 1
-                initial[key] = (int(tcp.seq) + 1) % 2**32
-            if payload:
-                segments.setdefault(key, []).append((int(tcp.seq), float(packet.time), payload))
-    streams = []
-    for key, parts in segments.items():
-        base = initial.get(key, min(seq for seq, _, _ in parts))
-        buffer = bytearray()
-        first_ts = parts[0][1]
-        for seq, _ts, payload in sorted(parts, key=lambda part: (part[0] - base) % 2**32):
-            offset = (seq - base) % 2**32
-            if offset > len(buffer) or offset > STREAM_CAP:
-                break  # a hole: the decoder stops there too
-            buffer[offset : offset + len(payload)] = payload
-        streams.append((key, first_ts, bytes(buffer[:STREAM_CAP])))
-    return streams
-
-
-def emulate_decode(path: Path) -> list[Observation]:
-    """Observe the start of each TCP direction with the HTTP, HL7 and DICOM parsers (by content)."""
-    parsers = (
-        (http.is_request_start, http.observe_request),
-        (http.is_response_start, http.observe_response),
-        (hl7.is_mllp_start, hl7.observe),
-        (dicom.is_pdu_start, dicom.observe),
-    )
-    observations: list[Observation] = []
-    for (src, sport, dst, dport), ts, data in tcp_streams(path):
-        ctx = PacketContext(ts=ts, src=Endpoint(ip=src, port=sport), dst=Endpoint(ip=dst, port=dport))
-        for recognise, observe in parsers:
-            if recognise(data):
-                # Truncated at the end of the capture, or malformed: nothing seen, as in the decoder.
-                with contextlib.suppress(ParseError):
-                    observations.extend(observe(data, ctx))
-                break
-    return observations
-
-
-def observe_capture(path: Path) -> list[Observation]:
-    """Every Observation of a capture: the project's decoder once it exists, the emulation until then."""
-    decode_file = getattr(collectors, "decode_file", None)
-    if decode_file is not None:
-        return list(decode_file(path))
-    return emulate_decode(path)
