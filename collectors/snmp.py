@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Final, TypeAlias
 
 from collectors._context import PacketContext
@@ -155,10 +156,18 @@ def _integer(data: bytes, start: int, stop: int, *, signed: bool = True) -> int:
     return int.from_bytes(data[start:stop], "big", signed=signed)
 
 
+@lru_cache(maxsize=4096)  # the same few OIDs recur in every walk and poll
 def decode_oid(raw: bytes) -> str:
     """Decode the contents of a BER OBJECT IDENTIFIER as dotted text; raise MalformedPacket if invalid."""
     if not raw:
         raise MalformedPacket("SNMP OID is empty")
+    if max(raw) < 0x80:
+        # Every sub-identifier fits one byte (the common case): no loop in Python.
+        if len(raw) >= _MAX_SUBIDS:
+            raise MalformedPacket("SNMP OID has more than 128 sub-identifiers")
+        first = min(raw[0] // 40, 2)
+        head = f"{first}.{raw[0] - first * 40}"
+        return f"{head}.{'.'.join(map(str, raw[1:]))}" if len(raw) > 1 else head
     if raw[-1] & 0x80:
         raise MalformedPacket("SNMP OID ends inside a sub-identifier")
     subids: list[int] = []
@@ -213,6 +222,19 @@ def _varbinds(data: bytes, pos: int, end: int) -> list[tuple[str, SnmpValue]]:
     pos = start
     # Each varbind consumes at least six bytes: the loop is bounded by the datagram.
     while pos < stop:
+        if pos + 4 <= stop and data[pos] == _SEQUENCE and data[pos + 2] == _OID:
+            bind_size = data[pos + 1]
+            oid_size = data[pos + 3]
+            if bind_size < 0x80 and oid_size < 0x80:
+                # Short-form varbind and name (nearly all of them): read inline, no helper calls.
+                bind_stop = pos + 2 + bind_size
+                oid_stop = pos + 4 + oid_size
+                if bind_stop > stop or oid_stop > bind_stop:
+                    raise MalformedPacket("SNMP element longer than its container")
+                tag, value_start, value_stop = _header(data, oid_stop, bind_stop)
+                out.append((decode_oid(data[pos + 4 : oid_stop]), _value(data, tag, value_start, value_stop)))
+                pos = bind_stop
+                continue
         bind_start, bind_stop = _expect(data, pos, stop, _SEQUENCE, "varbind")
         oid_start, oid_stop = _expect(data, bind_start, bind_stop, _OID, "varbind name")
         tag, value_start, value_stop = _header(data, oid_stop, bind_stop)
