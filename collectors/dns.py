@@ -390,6 +390,16 @@ def _is_service_name(name: str) -> bool:
     return "._tcp" in name or "._udp" in name or name.startswith(("_tcp.", "_udp."))
 
 
+def _add(
+    out: list[Observation], ctx: PacketContext, kind: Kind, name: str, attrs: _Attrs, *, reverse: bool = False
+) -> None:
+    """Append an Observation of ``name``, unless it is blank (e.g. one label of Unicode spaces):
+    the Observation refuses a name that strips to nothing, and a blank name says nothing anyway.
+    """
+    if name.strip():
+        out.append(ctx.observation(kind, name, attrs, reverse=reverse))
+
+
 def _observe_dns(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
     out: list[Observation] = []
     if not msg.is_response:
@@ -398,7 +408,7 @@ def _observe_dns(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
             attrs: _Attrs = {"qtype": type_name(question.qtype)}
             if opcode:
                 attrs["opcode"] = _OPCODE_NAMES.get(opcode) or str(opcode)
-            out.append(ctx.observation(Kind.DNS_QUERY, question.name, attrs))
+            _add(out, ctx, Kind.DNS_QUERY, question.name, attrs)
         return out
     if not msg.questions:
         return out
@@ -442,16 +452,16 @@ def _observe_dns(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
         base["svcb_targets"] = tuple(targets[:MAX_ITEMS])
     for question in msg.questions:
         attrs = {**base, "qtype": type_name(question.qtype)}
-        out.append(ctx.observation(Kind.DNS_ANSWER, question.name, attrs, reverse=True))
+        _add(out, ctx, Kind.DNS_ANSWER, question.name, attrs, reverse=True)
     return out
 
 
 def _observe_llmnr(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
+    out: list[Observation] = []
     if not msg.is_response:
-        return [
-            ctx.observation(Kind.LLMNR_QUERY, question.name, {"qtype": type_name(question.qtype)})
-            for question in msg.questions
-        ]
+        for question in msg.questions:
+            _add(out, ctx, Kind.LLMNR_QUERY, question.name, {"qtype": type_name(question.qtype)})
+        return out
     addresses = tuple(
         record.data
         for record in msg.answers[:MAX_ITEMS]
@@ -459,14 +469,13 @@ def _observe_llmnr(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
     )
     names = [q.name for q in msg.questions] or list(dict.fromkeys(r.name for r in msg.answers[:MAX_ITEMS]))
     qtypes = {q.name: type_name(q.qtype) for q in msg.questions}
-    out: list[Observation] = []
     for name in names:
         attrs: _Attrs = {"answer": True}
         if name in qtypes:
             attrs["qtype"] = qtypes[name]
         if addresses:
             attrs["addresses"] = addresses
-        out.append(ctx.observation(Kind.LLMNR_QUERY, name, attrs, reverse=True))
+        _add(out, ctx, Kind.LLMNR_QUERY, name, attrs, reverse=True)
     return out
 
 
@@ -475,7 +484,7 @@ def _observe_mdns(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
     for question in msg.questions:
         kind = Kind.MDNS_SERVICE if _is_service_name(question.name.lower()) else Kind.MDNS_HOST
         attrs: _Attrs = {"question": True, "qtype": type_name(question.qtype)}
-        out.append(ctx.observation(kind, question.name, attrs))
+        _add(out, ctx, kind, question.name, attrs)
     # In a query, the answer section holds "known answers" (RFC 6762 §7.1): what the querier
     # already heard from *other* devices. They are reported but flagged, since src did not
     # announce them; the authority section of a query is the sender's own probe (§8.2).
@@ -496,21 +505,21 @@ def _observe_mdns(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
                 owner = record.name
                 lowered = owner.lower()
                 if lowered.endswith(_REVERSE_SUFFIXES):
-                    out.append(ctx.observation(Kind.MDNS_HOST, data, {"reverse": owner, **extra}))
+                    _add(out, ctx, Kind.MDNS_HOST, data, {"reverse": owner, **extra})
                 elif _is_service_name(lowered):
-                    out.append(ctx.observation(Kind.MDNS_SERVICE, data, {"service_type": owner, **extra}))
+                    _add(out, ctx, Kind.MDNS_SERVICE, data, {"service_type": owner, **extra})
             elif rtype == T_SRV and isinstance(data, Srv):
                 attrs = {"target": data.target, "port": data.port, **extra}
-                out.append(ctx.observation(Kind.MDNS_SERVICE, record.name, attrs))
+                _add(out, ctx, Kind.MDNS_SERVICE, record.name, attrs)
             elif rtype == T_TXT and isinstance(data, tuple):
                 strings = tuple(s for s in data if s)
                 if strings:
-                    out.append(ctx.observation(Kind.MDNS_TXT, record.name, {"txt": strings, **extra}))
+                    _add(out, ctx, Kind.MDNS_TXT, record.name, {"txt": strings, **extra})
     for host, addresses in hosts.items():
         attrs = {"addresses": tuple(addresses)}
         if host_known[host]:
             attrs["known_answer"] = True
-        out.append(ctx.observation(Kind.MDNS_HOST, host, attrs))
+        _add(out, ctx, Kind.MDNS_HOST, host, attrs)
     return out
 
 
