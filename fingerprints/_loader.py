@@ -52,7 +52,7 @@ _E = TypeVar("_E", bound=StrEnum)
 _ID: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}[a-z0-9]")
 _DNS_NAME: Final = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z0-9-]{2,63}")
 _OID: Final = re.compile(r"[0-2](?:\.(?:0|[1-9][0-9]*))+")
-_SERVICE_TYPE: Final = re.compile(r"(?:[^.]+\._sub\.)?_[a-z0-9-]{1,15}\._(?:tcp|udp)\.local")
+_SERVICE_TYPE: Final = re.compile(r"_[a-z0-9-]{1,15}\._(?:tcp|udp)\.local")
 _OPTION_LIST: Final = re.compile(r"[0-9]{1,3}(?:,[0-9]{1,3})*")
 _OUI: Final = re.compile(r"[0-9a-f]{6}(?:[0-9a-f]{3})?|[0-9a-f]{7}")
 
