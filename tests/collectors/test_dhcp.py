@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 from pathlib import Path
@@ -391,19 +392,23 @@ def test_fuzz_mutated_real_packets(seed: bytes, edits: list[tuple[int, int]]) ->
 # --- corpus ------------------------------------------------------------------------------------
 
 
-def udp_payloads(path: Path, ports: frozenset[int]) -> list[tuple[PacketContext, bytes]]:
-    """The UDP payloads of a capture to or from ``ports``, with their context (scapy, test only)."""
+#: Every port the DHCP, SNMP and SSDP tests read: one scapy pass per capture serves all three.
+_OUR_PORTS = frozenset({67, 68, 161, 162, 1900})
+
+
+@functools.cache
+def _our_udp(path: Path) -> tuple[tuple[PacketContext, bytes], ...]:
     found: list[tuple[PacketContext, bytes]] = []
     try:
         reader = PcapReader(str(path))
-    except Exception:  # a capture scapy cannot read is not this parser's concern
-        return found
+    except Exception:  # a capture scapy cannot read is not these parsers' concern
+        return ()
     with reader:
         for packet in reader:
             if UDP not in packet:
                 continue
             udp = packet[UDP]
-            if udp.sport not in ports and udp.dport not in ports:
+            if udp.sport not in _OUR_PORTS and udp.dport not in _OUR_PORTS:
                 continue
             net = packet[IP] if IP in packet else packet.getlayer(IPv6)
             eth = packet.getlayer(Ether)
@@ -414,7 +419,13 @@ def udp_payloads(path: Path, ports: frozenset[int]) -> list[tuple[PacketContext,
             if udp.len is not None and udp.len >= 8:
                 payload = payload[: udp.len - 8]
             found.append((PacketContext(float(packet.time), src, dst), payload))
-    return found
+    return tuple(found)
+
+
+def udp_payloads(path: Path, ports: frozenset[int]) -> list[tuple[PacketContext, bytes]]:
+    """The UDP payloads of a capture to or from ``ports``, with their context (scapy, test only)."""
+    assert ports <= _OUR_PORTS
+    return [(ctx, data) for ctx, data in _our_udp(path) if ctx.src.port in ports or ctx.dst.port in ports]
 
 
 def _corpus_observations(name: str) -> list[Observation]:
