@@ -16,7 +16,7 @@ from typing import Final
 
 from collectors._context import PacketContext
 from collectors._errors import MalformedPacket
-from collectors._observation import AttrValue, Endpoint, InvalidObservation, Kind, Observation
+from collectors._observation import AttrValue, Endpoint, InvalidObservation, Kind, Observation, normalise_name
 
 __all__ = ["MESSAGE_TYPES", "decode_hostname", "observe"]
 
@@ -90,8 +90,15 @@ def decode_hostname(raw: bytes) -> str:
                         label = label.lower().encode("ascii").decode("idna")
                 labels.append(label)
             text = ".".join(labels)
-        return text
-    return raw.decode("utf-8", "replace")
+        return text.strip()
+    return raw.decode("utf-8", "replace").strip()
+
+
+def _name(text: str) -> str:
+    """Return ``text`` as Observation will store it, or "" when only dots and spaces would remain."""
+    name = normalise_name(text)
+    # Observation normalises once more, and normalise_name is not idempotent on mixed dots and spaces.
+    return name if normalise_name(name).strip(". ") else ""
 
 
 def _decode_text(raw: bytes) -> str:
@@ -222,15 +229,16 @@ def observe(payload: bytes, ctx: PacketContext) -> list[Observation]:
 
     ends = (client, server)
     out: list[Observation] = []
+    # Normalised here, as Observation would: a name of only spaces or dots must give nothing.
     raw_host = options.get(_OPT_HOSTNAME)
-    hostname = decode_hostname(raw_host) if raw_host else ""
+    hostname = _name(decode_hostname(raw_host)) if raw_host else ""
     raw_fqdn = options.get(_OPT_FQDN)
-    fqdn = _fqdn(raw_fqdn) if raw_fqdn is not None else ""
+    fqdn = _name(_fqdn(raw_fqdn)) if raw_fqdn is not None else ""
     if hostname:
         attrs: dict[str, AttrValue] = {"msg_type": msg_type, "requested_ip": requested_ip}
         attrs["fqdn"] = fqdn or None
         out.append(_make(ctx, Kind.DHCP_HOSTNAME, hostname, ends, attrs))
-    elif fqdn.strip(". "):
+    elif fqdn:
         attrs = {"msg_type": msg_type, "requested_ip": requested_ip, "option": _OPT_FQDN}
         out.append(_make(ctx, Kind.DHCP_HOSTNAME, fqdn, ends, attrs))
 

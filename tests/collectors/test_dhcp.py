@@ -248,6 +248,31 @@ def test_empty_or_nul_only_values_give_nothing() -> None:
     assert dhcp.observe(raw_options(body), client_ctx()) == []
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x0c\x01\x0b",  # vertical tab: whitespace to str.strip, not to bytes.strip
+        b"\x0c\x02\xc2\xa0",  # no-break space
+        b"\x0c\x03. .",
+        b"\x51\x04\x00\x00\x00\x0b",
+        b"\x51\x05\x00\x00\x00..",
+        b"\x51\x04\x04\x00\x00\x00",  # wire format, root name only
+    ],
+)
+def test_names_of_only_spaces_or_dots_give_nothing(body: bytes) -> None:
+    assert dhcp.observe(raw_options(b"\x35\x01\x01" + body + b"\xff"), client_ctx()) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=12).map(lambda b: bytes(b" .\x0b\x0c\x1c\x85\xa0a\xc2"[x % 9] for x in b)))
+def test_names_made_of_dots_and_spaces_never_break_the_observation(name: bytes) -> None:
+    body = (
+        b"\x35\x01\x01" + bytes([12, len(name)]) + name + bytes([81, len(name) + 3]) + b"\x00\x00\x00" + name
+    )
+    for obs in dhcp.observe(raw_options(body + b"\xff"), client_ctx()):
+        assert obs.value.strip(". ")
+
+
 def test_repeated_options_are_concatenated() -> None:
     # RFC 3396: a long option split into several consecutive instances.
     body = b"\x35\x01\x01\x0c\x05long-\x0c\x04name\xff"
