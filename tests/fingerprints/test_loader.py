@@ -9,15 +9,14 @@ import pytest
 
 from fingerprints import DEFAULT_CATALOG_DIR, CatalogError, load_catalog
 from fingerprints._vocabulary import RuleKind, Strength
+from tests.fingerprints.conftest import copy_format_products
 
 CHATGPT = DEFAULT_CATALOG_DIR / "llm_chat" / "openai-chatgpt.yaml"
 
 
 def _copy_catalog(tmp_path: Path) -> Path:
-    """A private copy of the shipped catalogue to break on purpose."""
-    root = tmp_path / "catalog"
-    shutil.copytree(DEFAULT_CATALOG_DIR, root)
-    return root
+    """A private copy of the format's three products, to break on purpose."""
+    return copy_format_products(tmp_path / "catalog")
 
 
 def _replace(path: Path, old: str, new: str) -> None:
@@ -43,7 +42,7 @@ def test_shipped_catalogue_loads() -> None:
 def test_version_is_a_content_hash(tmp_path: Path) -> None:
     root = _copy_catalog(tmp_path)
     before = load_catalog(root).version
-    assert before == load_catalog(DEFAULT_CATALOG_DIR).version
+    assert before == load_catalog(_copy_catalog(tmp_path / "again")).version
     _replace(root / "llm_chat" / "openai-chatgpt.yaml", "name: ChatGPT", "name: ChatGPT (web)")
     assert load_catalog(root).version != before
 
