@@ -80,6 +80,7 @@ _VERSION_NAMES: Final = {
     0xFEFC: "dtls1.3",
 }
 _ZERO_HASH: Final = "000000000000"
+_BLANK_NAMES: Final = frozenset({"", "."})
 #: Extensions JA4 shows in its first part, so leaves out of the extension hash.
 _NAMED_EXTENSIONS: Final = frozenset({EXT_SERVER_NAME, EXT_ALPN})
 #: Extensions whose content parse_client_hello reads.
@@ -146,12 +147,12 @@ def version_name(version: int) -> str:
 
 def server_name(raw: bytes) -> str | None:
     """Decode a host name from the wire: ASCII as is (A-labels stay A-labels), else UTF-8 with
-    replacement; None when nothing printable is left after normalisation."""
+    replacement; None when it is blank or only dots once normalised."""
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
         text = raw.decode("utf-8", "replace")
-    return text if normalise_name(text) else None
+    return text if normalise_name(text) not in _BLANK_NAMES else None
 
 
 def _u16_list(data: bytes, start: int, end: int) -> tuple[int, ...]:
