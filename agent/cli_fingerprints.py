@@ -268,6 +268,12 @@ def match(
     ] = None,
     catalog: CatalogOption = None,
     recog_dir: RecogOption = None,
+    recog: Annotated[
+        bool,
+        typer.Option(
+            "--recog/--no-recog", envvar="LANTERNE_MATCH_RECOG", help="Also match Recog's fingerprints."
+        ),
+    ] = True,
     as_json: JsonOption = False,
 ) -> None:
     """Explain which rules match an observed value, why, and what the evidence adds up to."""
@@ -287,7 +293,7 @@ def match(
         )
     except InvalidObservation as exc:
         _fatal(f"not a valid observation: {exc}")
-    index = _index(catalog, recog_dir)
+    index = _index(catalog, recog_dir, with_recog=recog)
     explanations = index.explain(observation)
     detections = index.assess_all(item.evidence for item in explanations)
     vendor = mac_vendor(observation.src.mac) if observation.src.mac else None
