@@ -32,7 +32,7 @@ from collectors._context import PacketContext
 from collectors._errors import MalformedPacket
 from collectors._observation import Attrs, Kind, Observation
 
-__all__ = ["QuicTracker", "is_long_header_initial", "version_name"]
+__all__ = ["QuicTracker", "derive_client_keys", "is_long_header_initial", "version_name"]
 
 _U32: Final = struct.Struct(">I")
 
@@ -192,9 +192,9 @@ class QuicTracker:
         self._conns: OrderedDict[tuple[bytes, _Address], _Connection] = OrderedDict()
         self._by_client: dict[_Address, _Connection] = {}
         self._keys: OrderedDict[tuple[int, bytes], _Keys] = OrderedDict()
-        # (client, ClientHello random) already reported: after a Retry the client sends the
-        # same hello again under a new DCID, which is the same connection for us.
-        self._reported: OrderedDict[tuple[_Address, bytes], None] = OrderedDict()
+        # (client, server, name) -> when reported: after a Retry the client sends its hello again
+        # (some stacks with a new random) under a new DCID, the same connection for us.
+        self._reported: OrderedDict[tuple[_Address, _Address, str], float] = OrderedDict()
 
     def __len__(self) -> int:
         """Number of connections tracked."""
@@ -426,12 +426,13 @@ class QuicTracker:
         ch = tls.parse_client_hello(stream[4:size])
         if ch.sni is None:
             return None
-        seen = (conn.client, ch.random)
-        if seen in self._reported:
-            return None
-        self._reported[seen] = None
+        seen = (conn.client, conn.server, ch.sni)
+        when = self._reported.pop(seen, None)
+        self._reported[seen] = ctx.ts
         if len(self._reported) > self.max_connections:
             self._reported.popitem(last=False)
+        if when is not None and abs(ctx.ts - when) <= self.ttl:
+            return None
         attrs: Attrs = {**tls.client_hello_attrs(ch, "q"), "quic_version": version_name(version)}
         return ctx.observation(Kind.QUIC_SNI, ch.sni, attrs)
 
