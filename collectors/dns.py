@@ -195,10 +195,19 @@ def _label_text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").translate(_ESCAPE_TABLE)
 
 
-def read_name(buf: bytes, pos: int) -> tuple[str, int]:
+#: Names already read in one message, by start offset: raw dotted bytes, wire length (with the
+#: final zero), pointers followed, text. Records point back at the same few names (``c0 0c``),
+#: so a response reads each of them once.
+_Memo: TypeAlias = dict[int, tuple[bytes, int, int, str]]
+
+
+def read_name(buf: bytes, pos: int, memo: _Memo | None = None) -> tuple[str, int]:
     """Read the (possibly compressed) name at ``pos``; return its text (``.`` for the root) and
     the offset just after it. Shared with the NBNS parser.
     """
+    if memo is None:
+        memo = {}
+    start = pos
     end = len(buf)
     labels: list[bytes] = []
     after = -1
@@ -233,6 +242,23 @@ def read_name(buf: bytes, pos: int) -> tuple[str, int]:
             if target >= run_start:
                 raise MalformedPacket("DNS compression pointer does not point backwards")
             hops += 1
+            known = memo.get(target)
+            if known is not None:
+                # The name at ``target`` was read from there with the same checks; only the
+                # totals (length, pointers) depend on what precedes it here.
+                suffix, suffix_wire, suffix_hops, suffix_text = known
+                wire += suffix_wire - 1
+                hops += suffix_hops
+                if wire > MAX_NAME_WIRE:
+                    raise MalformedPacket("DNS name longer than 255 bytes")
+                if hops > MAX_POINTERS:
+                    raise MalformedPacket("too many DNS compression pointers in one name")
+                if not labels:
+                    memo[start] = (suffix, wire, hops, suffix_text)
+                    return suffix_text, after
+                if suffix:
+                    labels.append(suffix)
+                break
             if hops > MAX_POINTERS:
                 raise MalformedPacket("too many DNS compression pointers in one name")
             pos = run_start = target
@@ -241,14 +267,17 @@ def read_name(buf: bytes, pos: int) -> tuple[str, int]:
     if after < 0:
         after = pos
     if not labels:
+        memo[start] = (b"", wire, hops, ".")
         return ".", after
     raw = b".".join(labels)
     if raw.isascii():
         text = raw.decode("ascii")
-        if text.isprintable():
-            return text, after
-        return text.translate(_ESCAPE_TABLE), after
-    return _label_text(raw), after
+        if not text.isprintable():
+            text = text.translate(_ESCAPE_TABLE)
+    else:
+        text = _label_text(raw)
+    memo[start] = (raw, wire, hops, text)
+    return text, after
 
 
 @lru_cache(maxsize=4096)
@@ -274,12 +303,12 @@ def _read_strings(buf: bytes, pos: int, stop: int, limit: int) -> tuple[str, ...
     return tuple(items)
 
 
-def _read_svcb(buf: bytes, pos: int, stop: int) -> Svcb:
+def _read_svcb(buf: bytes, pos: int, stop: int, memo: _Memo) -> Svcb:
     """Read SVCB/HTTPS data: priority, target, and the alpn/ipv4hint/ipv6hint parameters."""
     if stop - pos < 3:
         raise MalformedPacket("SVCB record too short")
     priority = int.from_bytes(buf[pos : pos + 2])
-    target, pos = read_name(buf, pos + 2)
+    target, pos = read_name(buf, pos + 2, memo)
     alpn: tuple[str, ...] = ()
     v4: list[str] = []
     v6: list[str] = []
@@ -302,7 +331,7 @@ def _read_svcb(buf: bytes, pos: int, stop: int) -> Svcb:
     return Svcb(priority, target, alpn, tuple(v4[:MAX_ITEMS]), tuple(v6[:MAX_ITEMS]))
 
 
-def _read_rdata(buf: bytes, rtype: int, pos: int, stop: int) -> RData:
+def _read_rdata(buf: bytes, rtype: int, pos: int, stop: int, memo: _Memo) -> RData:
     """Decode the data of the record types Lanterne reports; None for the others."""
     if rtype == T_A:
         if stop - pos != 4:
@@ -313,7 +342,7 @@ def _read_rdata(buf: bytes, rtype: int, pos: int, stop: int) -> RData:
             raise MalformedPacket("AAAA record is not 16 bytes")
         return _ipv6_text(buf[pos:stop])
     if rtype in (T_CNAME, T_PTR, T_NS, T_DNAME):
-        name, after = read_name(buf, pos)
+        name, after = read_name(buf, pos, memo)
         if after > stop:
             raise MalformedPacket("name runs past its record")
         return name
@@ -321,19 +350,19 @@ def _read_rdata(buf: bytes, rtype: int, pos: int, stop: int) -> RData:
         if stop - pos < 7:
             raise MalformedPacket("SRV record too short")
         priority, weight, port = _SRVFIXED.unpack_from(buf, pos)
-        target, after = read_name(buf, pos + 6)
+        target, after = read_name(buf, pos + 6, memo)
         if after > stop:
             raise MalformedPacket("SRV target runs past its record")
         return Srv(priority, weight, port, target)
     if rtype == T_TXT:
         return _read_strings(buf, pos, stop, MAX_TXT_STRINGS)
     if rtype in (T_HTTPS, T_SVCB):
-        return _read_svcb(buf, pos, stop)
+        return _read_svcb(buf, pos, stop, memo)
     return None
 
 
-def _read_record(buf: bytes, pos: int) -> tuple[ResourceRecord, int]:
-    name, pos = read_name(buf, pos)
+def _read_record(buf: bytes, pos: int, memo: _Memo) -> tuple[ResourceRecord, int]:
+    name, pos = read_name(buf, pos, memo)
     if pos + 10 > len(buf):
         raise MalformedPacket("resource record header cut short")
     rtype, rclass, ttl, rdlength = _RRFIXED.unpack_from(buf, pos)
@@ -341,7 +370,7 @@ def _read_record(buf: bytes, pos: int) -> tuple[ResourceRecord, int]:
     stop = pos + rdlength
     if stop > len(buf):
         raise MalformedPacket("resource record data cut short")
-    return ResourceRecord(name, rtype, rclass, ttl, _read_rdata(buf, rtype, pos, stop)), stop
+    return ResourceRecord(name, rtype, rclass, ttl, _read_rdata(buf, rtype, pos, stop, memo)), stop
 
 
 def parse(payload: bytes) -> DnsMessage:
@@ -354,26 +383,27 @@ def parse(payload: bytes) -> DnsMessage:
     authority: list[ResourceRecord] = []
     additional: list[ResourceRecord] = []
     partial = False
+    memo: _Memo = {}
     pos = 12
     try:
         if qdcount:
             end = len(payload)
             unpack = _QFIXED.unpack_from
             for _ in range(qdcount):
-                name, pos = read_name(payload, pos)
+                name, pos = read_name(payload, pos, memo)
                 if pos + 4 > end:
                     raise MalformedPacket("question cut short")
                 qtype, qclass = unpack(payload, pos)
                 pos += 4
                 questions.append(Question(name, qtype, qclass))
         for _ in range(ancount):
-            record, pos = _read_record(payload, pos)
+            record, pos = _read_record(payload, pos, memo)
             answers.append(record)
         for _ in range(nscount):
-            record, pos = _read_record(payload, pos)
+            record, pos = _read_record(payload, pos, memo)
             authority.append(record)
         for _ in range(arcount):
-            record, pos = _read_record(payload, pos)
+            record, pos = _read_record(payload, pos, memo)
             additional.append(record)
     except MalformedPacket:
         if not (questions or answers):

@@ -183,6 +183,29 @@ def test_pointer_chain_past_the_cap_is_refused() -> None:
     assert dns.read_name(buf, previous - 2) == ("a", previous)  # MAX_POINTERS hops
 
 
+def test_pointer_limits_hold_across_names_already_read() -> None:
+    # parse() remembers the names it read; a name ending in a pointer to one of them still has
+    # its whole length and all its pointers counted.
+    body = question(name("a"))
+    records = b""
+    target = 12
+    for _ in range(dns.MAX_POINTERS + 1):
+        here = 12 + len(body) + len(records)
+        records += rr(struct.pack(">H", 0xC000 | target), 1, bytes(4))
+        target = here
+    msg = dns.parse(header(RESPONSE, an=dns.MAX_POINTERS + 1) + body + records)
+    assert msg.partial
+    assert len(msg.answers) == dns.MAX_POINTERS
+    long_name = _name_of_length(200)
+    owner = bytes([60]) + b"b" * 60 + b"\xc0\x0c"  # 61 + 202 wire bytes > 255
+    msg = dns.parse(header(RESPONSE, an=1) + question(long_name) + rr(owner, 1, bytes(4)))
+    assert msg.partial
+    assert msg.answers == []
+    owner = bytes([40]) + b"b" * 40 + b"\xc0\x0c"  # 41 + 202 = 243: fine
+    msg = dns.parse(header(RESPONSE, an=1) + question(long_name) + rr(owner, 1, bytes(4)))
+    assert msg.answers[0].name == "b" * 40 + "." + msg.questions[0].name
+
+
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
