@@ -18,17 +18,25 @@ front of all of it: the same SNI or banner comes back many times a second on a r
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Final
 
 from collectors import Kind, Observation
-from fingerprints._evidence import Detection, Evidence, RuleInfo, Side, assess, assess_all, rule_weight
+from fingerprints._evidence import (
+    Detection,
+    Evidence,
+    RuleInfo,
+    Side,
+    assess,
+    assess_all,
+    make_evidence,
+    rule_weight,
+)
 from fingerprints._loader import load_catalog
 from fingerprints._model import Catalog, Product, Rule
-from fingerprints._oui import is_randomised
 from fingerprints._recog import (
     RECOG_KINDS,
     Recog,
@@ -60,6 +68,9 @@ _DST_VALUE_KINDS: Final = frozenset({Kind.HTTP_SERVER, Kind.HTTP_TITLE})
 _LOCAL_DST_KINDS: Final = frozenset(
     {Kind.HTTP_SERVER, Kind.HTTP_TITLE, Kind.DICOM_ASSOCIATION, Kind.HL7_HEADER}
 )
+_ATTR_KINDS: Final = frozenset({Kind.DICOM_ASSOCIATION, Kind.HL7_HEADER})
+#: Second hex digit of a canonical MAC with the locally administered bit (0x02) set.
+_LOCALLY_ADMINISTERED: Final = frozenset("2367abef")
 _DICOM_FIELDS: Final = tuple(DicomField)
 _HL7_FIELDS: Final = tuple(Hl7Field)
 
@@ -151,6 +162,19 @@ class Index:
             for database in recog.databases.values():
                 for fingerprint in database.fingerprints:
                     self.recog_rules[fingerprint.info.rule_id] = fingerprint
+        self._oui_lengths = tuple(sorted({len(prefix) for prefix in self._ouis}, reverse=True))
+        self._handlers: dict[Kind, Callable[[Kind, str], tuple[Evidence, ...]]] = {}
+        for kind in Kind:
+            if kind in HOST_KINDS:
+                self._handlers[kind] = self._value_host
+            elif kind in _VALUE_REGEX_KINDS:
+                self._handlers[kind] = self._value_regex
+            else:
+                self._handlers[kind] = {
+                    Kind.SNMP_SYSOBJECTID: self._value_oid,
+                    Kind.MDNS_SERVICE: self._value_mdns,
+                    Kind.DHCP_FINGERPRINT: self._value_dhcp_fingerprint,
+                }.get(kind, self._value_none)
         self._value_cached = lru_cache(maxsize=cache_size)(self._match_value)
         self._attrs_cached = lru_cache(maxsize=cache_size)(self._match_attrs)
         self._mac_cached = lru_cache(maxsize=cache_size)(self._match_mac)
@@ -196,7 +220,7 @@ class Index:
     def match(self, observation: Observation) -> tuple[Evidence, ...]:
         """Every piece of evidence one Observation gives (cached; the hot path)."""
         kind = observation.kind
-        if kind is Kind.DICOM_ASSOCIATION or kind is Kind.HL7_HEADER:
+        if kind in _ATTR_KINDS:
             found = self._attrs_cached(kind, *self._attr_key(kind, observation.attrs))
         else:
             found = self._value_cached(kind, observation.value)
@@ -217,41 +241,61 @@ class Index:
     def match_uncached(self, observation: Observation) -> tuple[Evidence, ...]:
         """The same as ``match`` without the caches (benchmarks and tests)."""
         kind = observation.kind
-        if kind is Kind.DICOM_ASSOCIATION or kind is Kind.HL7_HEADER:
+        if kind in _ATTR_KINDS:
             found = self._match_attrs(kind, *self._attr_key(kind, observation.attrs))
         else:
             found = self._match_value(kind, observation.value)
-        if self._ouis and observation.src.mac is not None:
-            found = found + self._match_mac(observation.src.mac, kind, "src")
-        if self._ouis and kind in _LOCAL_DST_KINDS and observation.dst.mac is not None:
-            found = found + self._match_mac(observation.dst.mac, kind, "dst")
+        if self._ouis:
+            mac = observation.src.mac
+            if mac is not None:
+                found = found + self._match_mac(mac, kind, "src")
+            if kind in _LOCAL_DST_KINDS and observation.dst.mac is not None:
+                found = found + self._match_mac(observation.dst.mac, kind, "dst")
         return found
 
     def _match_value(self, kind: Kind, value: str) -> tuple[Evidence, ...]:
         """Evidence from the value of an Observation."""
-        if kind in HOST_KINDS:
-            return tuple(Evidence(info, kind, value) for info in self._host(value))
-        side: Side = "dst" if kind in _DST_VALUE_KINDS else "src"
-        infos: Iterable[RuleInfo] = ()
-        if kind is Kind.SNMP_SYSOBJECTID:
-            infos = _longest_prefix(self._oids, value.lstrip("."))
-        elif kind is Kind.MDNS_SERVICE:
-            service = service_type(value)
-            infos = self._exact.get((RuleKind.MDNS_SERVICE, service), ()) if service else ()
-        elif kind is Kind.DHCP_FINGERPRINT:
-            infos = self._exact.get((RuleKind.DHCP_FINGERPRINT, value.replace(" ", "")), ())
-        elif (rule_kind := _VALUE_REGEX_KINDS.get(kind)) is not None and rule_kind in self._regex:
-            infos = [info for _, info in self._regex[rule_kind].search(value)]
-        found = [Evidence(info, kind, value, side) for info in infos]
-        if kind in self._recog:
-            for database, recog_side in self._recog[kind]:
+        found = self._handlers[kind](kind, value)
+        databases = self._recog.get(kind)
+        if databases:
+            for database, side in databases:
                 result = database.match(value)
                 if result is not None:
                     fingerprint, fields = result
-                    found.append(
-                        Evidence(fingerprint.info, kind, value, recog_side, tuple(sorted(fields.items())))
-                    )
-        return tuple(found)
+                    item = make_evidence(fingerprint.info, kind, value, side, tuple(sorted(fields.items())))
+                    found = (*found, item)
+        return found
+
+    def _value_host(self, kind: Kind, value: str) -> tuple[Evidence, ...]:
+        infos = self._host(value)
+        if not infos:
+            return ()
+        return tuple([make_evidence(info, kind, value) for info in infos])
+
+    def _value_oid(self, kind: Kind, value: str) -> tuple[Evidence, ...]:
+        infos = _longest_prefix(self._oids, value.lstrip("."))
+        return tuple([make_evidence(info, kind, value) for info in infos])
+
+    def _value_mdns(self, kind: Kind, value: str) -> tuple[Evidence, ...]:
+        service = service_type(value)
+        infos = self._exact.get((RuleKind.MDNS_SERVICE, service), ()) if service else ()
+        return tuple([make_evidence(info, kind, value) for info in infos])
+
+    def _value_dhcp_fingerprint(self, kind: Kind, value: str) -> tuple[Evidence, ...]:
+        infos = self._exact.get((RuleKind.DHCP_FINGERPRINT, value.replace(" ", "")), ())
+        return tuple([make_evidence(info, kind, value) for info in infos])
+
+    def _value_regex(self, kind: Kind, value: str) -> tuple[Evidence, ...]:
+        group = self._regex.get(_VALUE_REGEX_KINDS[kind])
+        if group is None:
+            return ()
+        side: Side = "dst" if kind in _DST_VALUE_KINDS else "src"
+        return tuple([make_evidence(info, kind, value, side) for _, info in group.search(value)])
+
+    @staticmethod
+    def _value_none(kind: Kind, value: str) -> tuple[Evidence, ...]:
+        del kind, value
+        return ()
 
     def _host(self, name: str) -> tuple[RuleInfo, ...]:
         """The most specific host rules for ``name``."""
@@ -300,17 +344,20 @@ class Index:
                 infos = [info for _, info in group.search(value)]
             else:
                 continue
-            found.extend(Evidence(info, kind, f"{field}={value}", side) for info in infos)
+            found.extend(make_evidence(info, kind, f"{field}={value}", side) for info in infos)
         return tuple(found)
 
     def _match_mac(self, mac: str, kind: Kind, side: Side) -> tuple[Evidence, ...]:
         """OUI evidence for a MAC (none for a locally administered one)."""
-        if is_randomised(mac):
+        if mac[1] in _LOCALLY_ADMINISTERED:
             return ()
         digits = mac.replace(":", "")
         ouis = self._ouis
-        infos = ouis.get(digits[:9]) or ouis.get(digits[:7]) or ouis.get(digits[:6]) or ()
-        return tuple(Evidence(info, kind, mac, side) for info in infos)
+        for length in self._oui_lengths:
+            infos = ouis.get(digits[:length])
+            if infos:
+                return tuple([make_evidence(info, kind, mac, side) for info in infos])
+        return ()
 
     # --- combining and explaining -------------------------------------------------------------
 

@@ -108,6 +108,8 @@ class Prefilter:
     bucket: str
     """``prefix``, ``word``, ``scan`` or ``always``."""
     key: str = ""
+    alternatives: tuple[str, ...] = ()
+    """For ``word``: every usable word, longest first (the group picks the least crowded)."""
 
 
 def prefilter(pattern: re.Pattern[str]) -> Prefilter:
@@ -130,7 +132,7 @@ def prefilter(pattern: re.Pattern[str]) -> Prefilter:
             length = next(size for size in PREFIX_LENGTHS if size <= len(text))
             return Prefilter("prefix", text[:length])
     # Word and scan candidates come from the runs of mandatory characters.
-    best_word = ""
+    words: set[str] = set()
     best_scan = ""
     index = 0
     while index < len(atoms):
@@ -145,11 +147,12 @@ def prefilter(pattern: re.Pattern[str]) -> Prefilter:
         bounded_right = index < len(atoms) and atoms[index][0] == _BOUND
         if len(run) > len(best_scan):
             best_scan = run
-        for word in _bounded_words(run, bounded_left, bounded_right):
-            if len(word) > len(best_word):
-                best_word = word
-    if len(best_word) >= _MIN_WORD:
-        return Prefilter("word", best_word)
+        words.update(
+            word for word in _bounded_words(run, bounded_left, bounded_right) if len(word) >= _MIN_WORD
+        )
+    if words:
+        ranked = tuple(sorted(words, key=lambda word: (-len(word), word)))
+        return Prefilter("word", ranked[0], ranked)
     if len(best_scan) >= _MIN_SCAN:
         return Prefilter("scan", best_scan)
     return Prefilter("always")
@@ -194,7 +197,11 @@ class RegexGroup(Generic[_T]):
             self._prefix.setdefault(chosen.key, []).append(entry)
             self._prefix_lengths = tuple(sorted({*self._prefix_lengths, len(chosen.key)}, reverse=True))
         elif chosen.bucket == "word":
-            self._words.setdefault(chosen.key, []).append(entry)
+            # Any required word will do: take the one with the fewest regexes so far, so that a
+            # common word ("firmware", "server") does not gather a crowd.
+            key = min(chosen.alternatives, key=lambda word: len(self._words.get(word, ())))
+            self._words.setdefault(key, []).append(entry)
+            chosen = Prefilter("word", key, chosen.alternatives)
         elif chosen.bucket == "scan":
             self._scan.append((chosen.key, *entry))
         else:
@@ -204,7 +211,7 @@ class RegexGroup(Generic[_T]):
     def candidates(self, value: str) -> list[tuple[int, re.Pattern[str], _T]]:
         """The regexes whose prefilter accepts ``value``, in insertion order."""
         lowered = value.lower()
-        found: list[tuple[int, re.Pattern[str], _T]] = list(self._always)
+        found: list[tuple[int, re.Pattern[str], _T]] = self._always.copy() if self._always else []
         if self._prefix:
             starts = lowered.split("\n") if "\n" in lowered else (lowered,)
             prefix = self._prefix
@@ -219,7 +226,8 @@ class RegexGroup(Generic[_T]):
                 hit = words.get(token)
                 if hit:
                     found.extend(hit)
-        found.extend(entry[1:] for entry in self._scan if entry[0] in lowered)
+        if self._scan:
+            found.extend(entry[1:] for entry in self._scan if entry[0] in lowered)
         if len(found) > 1:
             # Several lines of a value may hit the same prefix entry: keep each regex once.
             found = sorted({entry[0]: entry for entry in found}.values(), key=_order)

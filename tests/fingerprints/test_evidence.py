@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
+
 import pytest
 
 from collectors import Kind
 from fingerprints import DETECTION_THRESHOLD, UNKNOWN, Evidence, RuleInfo, assess, assess_all
-from fingerprints._evidence import combine, rule_weight
+from fingerprints._evidence import combine, make_evidence, rule_weight
 from fingerprints._vocabulary import Category, HostRole, Strength
 
 
@@ -159,3 +161,14 @@ def test_recog_evidence_enriches_and_makes_unknowns() -> None:
     assert named is not None
     assert named.product_id == "p"
     assert named.fields == (("os.family", "IOS"),)
+
+
+def test_the_fast_constructor_builds_the_same_frozen_record() -> None:
+    rule = _rule("p:app")
+    fast = make_evidence(rule, Kind.TLS_SNI, "a.example", "dst", (("k", "v"),))
+    slow = Evidence(rule, Kind.TLS_SNI, "a.example", "dst", (("k", "v"),))
+    assert fast == slow
+    assert hash(fast) == hash(slow)
+    assert repr(fast) == repr(slow)
+    with pytest.raises(FrozenInstanceError):
+        fast.value = "b.example"  # type: ignore[misc]
