@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.enable()
         rows.append((size, built, hits, uncached, cached))
         print(f"  measured {size:,} rules", file=sys.stderr)
-    print(f"{len(mix)} observations in the mix; lookups per second on one core (Python {sys.version.split()[0]})")
+    python = sys.version.split()[0]
+    print(f"{len(mix)} observations in the mix; lookups per second on one core (Python {python})")
     print(f"{'rules':>8} {'build s':>8} {'hits':>6} {'uncached/s':>12} {'cached/s':>12}")
     for size, built, hits, uncached, cached in rows:
         print(f"{size:>8,} {built:>8.2f} {hits:>6} {uncached:>12,.0f} {cached:>12,.0f}")
