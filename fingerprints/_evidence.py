@@ -182,6 +182,8 @@ class Detection:
     catalog_version: str = ""
     fields: tuple[tuple[str, str], ...] = ()
     """Identity fields gathered from Recog evidence (``hw.model``, ``os.family``...)."""
+    roles: tuple[NetworkRole, ...] = ()
+    """What the endpoint does on the clinical network (``pacs``, ``modality``...), from DICOM/HL7 rules."""
 
     @property
     def identified(self) -> bool:
@@ -202,6 +204,7 @@ class Detection:
             "confidence": self.confidence,
             "catalog_version": self.catalog_version,
             "fields": dict(self.fields),
+            "roles": [str(role) for role in self.roles],
             "evidence": [item.to_dict() for item in self.evidence],
         }
 
@@ -231,6 +234,11 @@ def _fields(evidence: Iterable[Evidence]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(merged.items()))
 
 
+def _roles(evidence: Iterable[Evidence]) -> tuple[NetworkRole, ...]:
+    """The network roles the evidence's rules recognise, sorted."""
+    return tuple(sorted({item.rule.role for item in evidence if isinstance(item.rule.role, NetworkRole)}))
+
+
 def _common(values: Iterable[Any]) -> Any:
     """The single value all items agree on, else None."""
     distinct = {value for value in values if value is not None}
@@ -250,6 +258,7 @@ def _unknown(evidence: list[Evidence], catalog_version: str) -> Detection | None
         evidence=tuple(usable),
         catalog_version=catalog_version,
         fields=_fields(usable),
+        roles=_roles(usable),
     )
 
 
@@ -281,6 +290,7 @@ def assess(evidence: Iterable[Evidence], catalog_version: str = "") -> Detection
         evidence=tuple(counted),
         catalog_version=catalog_version,
         fields=_fields(counted),
+        roles=_roles(counted),
     )
 
 

@@ -436,6 +436,8 @@ def _read_product(reader: _FileReader, root: yaml.Node, path: Path) -> Product:
     product_id = reader.text(keys["id"], "id")
     if not _ID.fullmatch(product_id):
         raise reader.fail(keys["id"], f"id {product_id!r}: use lower-case letters, digits and dashes")
+    if product_id == "unknown":
+        raise reader.fail(keys["id"], "'unknown' is what a detection that names no product is called")
     if path.stem != product_id:
         reader.fail(keys["id"], f"id {product_id!r} must be the file name ({path.stem!r})")
     category = reader.choice(keys["category"], "category", Category)

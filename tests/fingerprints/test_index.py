@@ -165,3 +165,12 @@ def test_evidence_and_detections_serialise_to_json(kinds_index: Index) -> None:
 def test_the_version_is_the_catalogue_hash(format_index: Index, shipped_index: Index) -> None:
     assert format_index.version == format_index.catalog.version
     assert shipped_index.version == load_catalog().version
+
+
+def test_detections_carry_the_network_roles(kinds_index: Index) -> None:
+    answer = _obs(
+        "dicom.association", "CT1 -> DEMOPACS", {"pdu": "ac", "impl_class_uid": "1.2.826.0.1.3680043.99.2"}
+    )
+    (detection,) = kinds_index.assess_all(kinds_index.match(answer))
+    assert (detection.product_id, [str(role) for role in detection.roles]) == ("demo-pacs", ["pacs"])
+    assert detection.to_dict()["roles"] == ["pacs"]

@@ -143,3 +143,11 @@ def test_examples_must_be_valid_observations(tmp_path: Path) -> None:
     (issue,) = caught.value.issues
     assert issue.line == _line_of(path, '"00:17:88:01:02"')
     assert "not a valid Observation" in issue.message
+
+
+def test_unknown_is_not_a_product_id(tmp_path: Path) -> None:
+    root = _copy_catalog(tmp_path)
+    (root / "llm_chat" / "openai-chatgpt.yaml").rename(root / "llm_chat" / "unknown.yaml")
+    _replace(root / "llm_chat" / "unknown.yaml", "id: openai-chatgpt", "id: unknown")
+    with pytest.raises(CatalogError, match="'unknown' is what a detection that names no product is called"):
+        load_catalog(root)
