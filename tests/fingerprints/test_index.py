@@ -12,10 +12,17 @@ from fingerprints._index import service_type
 
 CLIENT = Endpoint(ip="10.0.0.5", mac="00:09:fb:01:02:03", port=50000)
 SERVER = Endpoint(ip="10.0.0.9", mac="50:a0:30:81:00:01", port=104)
+NO_ENDPOINT = Endpoint()
 
 
-def _obs(kind: str, value: str, attrs: dict[str, object] | None = None, **endpoints: Endpoint) -> Observation:
-    return Observation(ts=1.0, kind=Kind(kind), value=value, attrs=attrs or {}, **endpoints)
+def _obs(
+    kind: str,
+    value: str,
+    attrs: dict[str, object] | None = None,
+    src: Endpoint = NO_ENDPOINT,
+    dst: Endpoint = NO_ENDPOINT,
+) -> Observation:
+    return Observation(ts=1.0, kind=Kind(kind), value=value, attrs=attrs or {}, src=src, dst=dst)
 
 
 def _rules(index: Index, observation: Observation) -> list[str]:
