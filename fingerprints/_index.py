@@ -69,6 +69,7 @@ _LOCAL_DST_KINDS: Final = frozenset(
     {Kind.HTTP_SERVER, Kind.HTTP_TITLE, Kind.DICOM_ASSOCIATION, Kind.HL7_HEADER}
 )
 _ATTR_KINDS: Final = frozenset({Kind.DICOM_ASSOCIATION, Kind.HL7_HEADER})
+_MDNS_TXT: Final = Kind.MDNS_TXT
 #: Second hex digit of a canonical MAC with the locally administered bit (0x02) set.
 _LOCALLY_ADMINISTERED: Final = frozenset("2367abef")
 _DICOM_FIELDS: Final = tuple(DicomField)
@@ -177,6 +178,7 @@ class Index:
                 }.get(kind, self._value_none)
         self._value_cached = lru_cache(maxsize=cache_size)(self._match_value)
         self._attrs_cached = lru_cache(maxsize=cache_size)(self._match_attrs)
+        self._txt_cached = lru_cache(maxsize=cache_size)(self._match_txt)
         self._mac_cached = lru_cache(maxsize=cache_size)(self._match_mac)
 
     # --- building -----------------------------------------------------------------------------
@@ -222,6 +224,8 @@ class Index:
         kind = observation.kind
         if kind in _ATTR_KINDS:
             found = self._attrs_cached(kind, *self._attr_key(kind, observation.attrs))
+        elif kind is _MDNS_TXT:
+            found = self._txt_cached(kind, _txt_strings(observation.attrs))
         else:
             found = self._value_cached(kind, observation.value)
         if self._ouis:
@@ -243,6 +247,8 @@ class Index:
         kind = observation.kind
         if kind in _ATTR_KINDS:
             found = self._match_attrs(kind, *self._attr_key(kind, observation.attrs))
+        elif kind is _MDNS_TXT:
+            found = self._match_txt(kind, _txt_strings(observation.attrs))
         else:
             found = self._match_value(kind, observation.value)
         if self._ouis:
@@ -265,6 +271,19 @@ class Index:
                     item = make_evidence(fingerprint.info, kind, value, side, tuple(sorted(fields.items())))
                     found = (*found, item)
         return found
+
+    def _match_txt(self, kind: Kind, strings: tuple[str, ...]) -> tuple[Evidence, ...]:
+        """Evidence from the TXT strings of an mDNS instance (Recog reads them one by one)."""
+        found: list[Evidence] = []
+        for database, side in self._recog.get(kind, ()):
+            for text in strings:
+                result = database.match(text)
+                if result is not None:
+                    fingerprint, fields = result
+                    found.append(
+                        make_evidence(fingerprint.info, kind, text, side, tuple(sorted(fields.items())))
+                    )
+        return tuple(found)
 
     def _value_host(self, kind: Kind, value: str) -> tuple[Evidence, ...]:
         infos = self._host(value)
@@ -392,7 +411,16 @@ class Index:
         """Empty the caches (benchmarks measure the uncached path this way)."""
         self._value_cached.cache_clear()
         self._attrs_cached.cache_clear()
+        self._txt_cached.cache_clear()
         self._mac_cached.cache_clear()
+
+
+def _txt_strings(attrs: Mapping[str, object]) -> tuple[str, ...]:
+    """The ``key=value`` strings of an ``mdns.txt`` Observation (attribute ``txt``)."""
+    strings = attrs.get("txt")
+    if isinstance(strings, tuple):
+        return tuple(text for text in strings if isinstance(text, str) and text)
+    return (strings,) if isinstance(strings, str) and strings else ()
 
 
 def _longest_prefix(table: Mapping[str, tuple[RuleInfo, ...]], dotted: str) -> tuple[RuleInfo, ...]:

@@ -36,7 +36,9 @@ RECOG_DIR_ENV: Final = "LANTERNE_RECOG_DIR"
 #: Which Observation kinds each Recog database applies to, and which side the value describes.
 RECOG_KINDS: Final[Mapping[str, tuple[Kind, Side]]] = {
     "dhcp_vendor_class": (Kind.DHCP_VENDOR_CLASS, "src"),
+    # Matched against each ``key=value`` string of the TXT record (attribute ``txt``).
     "mdns_device-info_txt": (Kind.MDNS_TXT, "src"),
+    "mdns_workstation_txt": (Kind.MDNS_TXT, "src"),
     "snmp_sysdescr": (Kind.SNMP_SYSDESCR, "src"),
     "snmp_sysobjid": (Kind.SNMP_SYSOBJECTID, "src"),
     "http_servers": (Kind.HTTP_SERVER, "dst"),

@@ -93,3 +93,18 @@ def test_the_databases_lanterne_observes_feed_the_index(recog: Recog) -> None:
     assert not detection.identified
     assert (detection.vendor, dict(detection.fields)["service.product"]) == ("nginx", "nginx")
     assert not detection.of_interest  # a web server is not what unknown_observed is about
+
+
+def test_mdns_txt_strings_are_matched_one_by_one(recog: Recog) -> None:
+    index = load_index(with_recog=True, recog_dir=recog.directory)
+    txt = Observation(
+        ts=0,
+        kind=Kind.MDNS_TXT,
+        value="Living Room._device-info._tcp.local",
+        src=Endpoint(ip="10.0.0.7"),
+        attrs={"txt": ("osxvers=22", "model=AppleTV3,2")},
+    )
+    found = {item.value: dict(item.fields) for item in index.match(txt)}
+    assert found["osxvers=22"]["os.version"] == "13.0"
+    assert found["model=AppleTV3,2"]["hw.vendor"] == "Apple"
+    assert index.match(txt) == index.match_uncached(txt)
