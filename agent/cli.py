@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent import cli_fingerprints
 from collectors import CaptureFormatError, DecodeStats, decode_file
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
     help="Find the AI tools and medical devices used on a hospital network but missing from its inventory.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(cli_fingerprints.app, name="fingerprints")
 err = Console(stderr=True)
 
 EXIT_CLEAN = 0
@@ -64,7 +66,8 @@ def decode(
         typer.Option("--kind", "-k", envvar="LANTERNE_KINDS", help="Only print these kinds (repeatable)."),
     ] = None,
     summary: Annotated[
-        bool, typer.Option("--summary/--no-summary", envvar="LANTERNE_SUMMARY", help="Print counts on stderr.")
+        bool,
+        typer.Option("--summary/--no-summary", envvar="LANTERNE_SUMMARY", help="Print counts on stderr."),
     ] = True,
 ) -> None:
     """Print every Observation of the captures as JSON lines (no database)."""

@@ -19,9 +19,25 @@ class PacketContext:
     vlan: int | None = None
     """Innermost 802.1Q VLAN id the packet carried, if any; added to every observation's attrs."""
 
-    def observation(self, kind: Kind, value: str, attrs: Attrs | None = None, *, reverse: bool = False) -> Observation:
-        """Build an Observation of this packet; ``reverse`` swaps src and dst (e.g. a server's answer)."""
-        src, dst = (self.dst, self.src) if reverse else (self.src, self.dst)
+    def observation(
+        self,
+        kind: Kind,
+        value: str,
+        attrs: Attrs | None = None,
+        *,
+        reverse: bool = False,
+        src: Endpoint | None = None,
+        dst: Endpoint | None = None,
+    ) -> Observation:
+        """Build an Observation of this packet.
+
+        ``reverse`` swaps src and dst (e.g. a server's answer); ``src``/``dst`` replace an endpoint
+        the protocol knows better than the IP header (a DHCP client's chaddr, say).
+        """
+        if reverse:
+            src, dst = src or self.dst, dst or self.src
+        else:
+            src, dst = src or self.src, dst or self.dst
         if self.vlan is not None:
             attrs = {**attrs, "vlan": self.vlan} if attrs else {"vlan": self.vlan}
         return Observation(

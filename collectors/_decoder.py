@@ -103,7 +103,7 @@ UDP_PORTS: Final[dict[int, tuple[str, UdpObserve]]] = {
 }
 
 #: First payload bytes of TCP messages we read, recognised whatever the port.
-_HTTP_METHOD_INITIALS: Final = frozenset(b"GPHDOCT")
+_HTTP_METHOD_INITIALS: Final = http.METHOD_INITIALS
 #: The same as a 256-entry table for the hot loop: TLS handshake, DICOM PDU 1/2, MLLP start, HTTP.
 _TCP_FIRST_BYTE: Final = bytes(
     1 if b in _HTTP_METHOD_INITIALS or b in (0x16, 0x01, 0x02, 0x0B) else 0 for b in range(256)
@@ -200,7 +200,7 @@ class Decoder:
                     p += 4
                     if ethertype not in VLAN_TAGS:
                         break
-            if ethertype != ETH_IPV4 and ethertype != ETH_IPV6:
+            if ethertype not in (ETH_IPV4, ETH_IPV6):
                 return
             dst_mac = buf[off : off + 6]
             src_mac = buf[off + 6 : off + 12]
@@ -346,9 +346,8 @@ class Decoder:
             elif b0 == 0x0B:
                 if hl7.is_mllp_start(buf[pl : pl + 8]):
                     parser, name = hl7.observe, "hl7"
-            elif b0 == 0x01 or b0 == 0x02:
-                if dicom.is_pdu_start(buf[pl : pl + 12]):
-                    parser, name = dicom.observe, "dicom"
+            elif b0 in (0x01, 0x02) and dicom.is_pdu_start(buf[pl : pl + 12]):
+                parser, name = dicom.observe, "dicom"
             if parser is None and (sport == 53 or dport == 53):
                 parser, name = _dns_tcp, "dns"
             ports = (sport << 16) | dport
@@ -377,6 +376,8 @@ class Decoder:
             except (ParseError, InvalidObservation):
                 self._malformed(name)
             except Exception:
+                if self.strict:
+                    raise
                 self._parser_error(name)
         elif proto == PROTO_UDP:
             if l4 + 8 > ipend:
@@ -406,6 +407,8 @@ class Decoder:
             except (ParseError, InvalidObservation):
                 self._malformed(name)
             except Exception:
+                if self.strict:
+                    raise
                 self._parser_error(name)
 
     def scan_pcap(self, buf: bytes, pos: int, limit: int, linktype: int, resolution: float) -> int:
@@ -434,12 +437,12 @@ class Decoder:
                     raise CaptureFormatError(f"corrupt pcap record (length {caplen})")
                 break
             if ethernet and caplen >= 54:
-                ethertype, vihl, total, fragment, proto, sport, dport, udp0, tcp_offset = headers(buf, frame + 12)
+                ethertype, vihl, total, fragment, proto, sport, dport, udp0, tcp_offset = headers(
+                    buf, frame + 12
+                )
                 # IPv4 without options and not a fragment: the common case, decided right here.
                 if ethertype == ETH_IPV4 and vihl == 0x45 and not fragment & 0x3FFF:
-                    ipend = frame + 14 + total
-                    if ipend > end:
-                        ipend = end
+                    ipend = min(frame + 14 + total, end)
                     if proto == PROTO_TCP:
                         payload = frame + 34 + ((tcp_offset >> 4) << 2)
                         if payload >= ipend or (
@@ -502,7 +505,9 @@ class Decoder:
             vlan,
         )
 
-    def _continue_stream(self, key: bytes, ports: int, stream: Stream, seq: int, ts: float, payload: bytes) -> None:
+    def _continue_stream(
+        self, key: bytes, ports: int, stream: Stream, seq: int, ts: float, payload: bytes
+    ) -> None:
         if ts - stream.last_ts > STREAM_TIMEOUT:
             self.streams.close(key, ports)
             return
@@ -518,6 +523,8 @@ class Decoder:
         except (ParseError, InvalidObservation):
             self._malformed(stream.protocol)
         except Exception:
+            if self.strict:
+                raise
             self._parser_error(stream.protocol)
         self.streams.close(key, ports)
 
@@ -538,8 +545,6 @@ class Decoder:
     def _parser_error(self, protocol: str) -> None:
         self.stats.parser_errors += 1
         self.stats.malformed_by[protocol] += 1
-        if self.strict:
-            raise
         _QUIET.exception("unexpected error in the %s parser (packet skipped)", protocol)
 
 
@@ -642,4 +647,3 @@ def decode_packets(
     for ts, frame in frames:
         decoder.feed(ts, linktype, frame, 0, len(frame))
     return decoder.flush()
-

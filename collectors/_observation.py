@@ -140,7 +140,7 @@ def normalise_name(name: str) -> str:
     """Normalise a host or service name: lower-case, no trailing dot, bounded, printable."""
     name = name.strip().lower()
     while name.endswith(".") and len(name) > 1:
-        name = name[:-1]
+        name = name[:-1].rstrip()  # "a. ." must normalise like "a": idempotent
     return printable(name, MAX_NAME_LEN)
 
 
@@ -181,7 +181,7 @@ NO_ENDPOINT: Final = Endpoint()
 
 def _normalise_attr_value(key: str, value: object) -> AttrValue:
     if value is None or isinstance(value, bool | int):
-        return value  # type: ignore[return-value]
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidObservation(f"attribute {key!r} is not a finite number")
@@ -198,6 +198,11 @@ def _normalise_attr_value(key: str, value: object) -> AttrValue:
     raise InvalidObservation(f"attribute {key!r} has an unsupported type {type(value).__name__}")
 
 
+#: Attribute names already validated (they come from code, so the set stays small; bounded anyway).
+_GOOD_KEYS: set[str] = set()
+_MAX_GOOD_KEYS: Final = 1024
+
+
 def _normalise_attrs(attrs: Mapping[str, object]) -> dict[str, AttrValue]:
     if not isinstance(attrs, Mapping):
         raise InvalidObservation("attrs must be a mapping")
@@ -205,9 +210,15 @@ def _normalise_attrs(attrs: Mapping[str, object]) -> dict[str, AttrValue]:
         raise InvalidObservation(f"too many attributes ({len(attrs)} > {MAX_ATTRS})")
     clean: dict[str, AttrValue] = {}
     for key, value in attrs.items():
-        if not isinstance(key, str) or not _ATTR_KEY.fullmatch(key):
-            raise InvalidObservation(f"attribute names are short snake_case words, not {key!r}")
-        clean[key] = _normalise_attr_value(key, value)
+        if key not in _GOOD_KEYS:
+            if not isinstance(key, str) or not _ATTR_KEY.fullmatch(key):
+                raise InvalidObservation(f"attribute names are short snake_case words, not {key!r}")
+            if len(_GOOD_KEYS) < _MAX_GOOD_KEYS:
+                _GOOD_KEYS.add(key)
+        if value.__class__ is str:
+            clean[key] = printable(value, MAX_ATTR_STR)
+        else:
+            clean[key] = _normalise_attr_value(key, value)
     return clean
 
 

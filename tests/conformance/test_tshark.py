@@ -122,6 +122,12 @@ def test_corpus_is_compared_at_all() -> None:
     nonempty = {key for capture in CAPTURES for key in FIELDS if _expected(key, truth_of(capture))}
     for key in ("dns_qnames", "mdns_qnames", "llmnr_qnames", "nbns_names", "tls_sni", "quic_sni"):
         assert key in nonempty, key
-    for key in ("http_hosts", "http_user_agents", "dhcp_hostnames", "dhcp_vendor_classes", "dhcp_opt55_lists"):
+    for key in (
+        "http_hosts",
+        "http_user_agents",
+        "dhcp_hostnames",
+        "dhcp_vendor_classes",
+        "dhcp_opt55_lists",
+    ):
         assert key in nonempty, key
     assert len(CAPTURES) >= 150
