@@ -364,17 +364,48 @@ def ja3(ch: ClientHello) -> str:
     return hashlib.md5(text.encode("ascii"), usedforsecurity=False).hexdigest()
 
 
-def client_hello_attrs(
-    ch: ClientHello, transport: Literal["t", "q"]
-) -> dict[str, str | bool | tuple[str, ...]]:
+_Shape = tuple[str, int, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...],
+               tuple[int, ...], tuple[bytes, ...]]  # fmt: skip
+_Summary = dict[str, str | bool | tuple[str, ...]]
+#: Attrs by hello shape: a device or an application sends the same hello, but for its random,
+#: session id and key share, on every connection, and hashing this tuple costs far less than
+#: the two fingerprints. (Browsers that permute extensions or GREASE per connection just miss.)
+_ATTRS_CACHE: dict[_Shape, _Summary] = {}
+_ATTRS_CACHE_SIZE: Final = 2048
+#: Hellos with more code points than this are not cached, so hostile ones cannot fill memory
+#: (2048 entries of at most this many integers: a few MiB).
+_ATTRS_CACHE_MAX_ITEMS: Final = 200
+
+
+def client_hello_attrs(ch: ClientHello, transport: Literal["t", "q"]) -> _Summary:
     """The attrs of a tls.sni / quic.sni observation."""
-    return {
-        "alpn": tuple(p.decode("utf-8", "replace") for p in ch.alpn if p),
-        "ja4": ja4(ch, transport),
-        "ja3": ja3(ch),
-        "version": version_name(ch.version),
-        "ech": ch.ech,
-    }
+    shape: _Shape = (
+        transport,
+        ch.legacy_version,
+        ch.ciphers,
+        ch.extensions,
+        ch.groups,
+        ch.ec_point_formats,
+        ch.sig_algs,
+        ch.supported_versions,
+        ch.alpn,
+    )
+    attrs = _ATTRS_CACHE.get(shape)
+    if attrs is None:
+        attrs = {
+            "alpn": tuple(p.decode("utf-8", "replace") for p in ch.alpn if p),
+            "ja4": ja4(ch, transport),
+            "ja3": ja3(ch),
+            "version": version_name(ch.version),
+            "ech": ch.ech,
+        }
+        items = len(ch.ciphers) + len(ch.extensions) + len(ch.groups) + len(ch.sig_algs) + len(ch.alpn)
+        items += len(ch.supported_versions) + len(ch.ec_point_formats) + sum(map(len, ch.alpn)) // 8
+        if items <= _ATTRS_CACHE_MAX_ITEMS:
+            if len(_ATTRS_CACHE) >= _ATTRS_CACHE_SIZE:
+                _ATTRS_CACHE.clear()  # rare: cheaper than an LRU's bookkeeping on every hit
+            _ATTRS_CACHE[shape] = attrs
+    return dict(attrs)
 
 
 def _check_hello_start(fragment: bytes) -> int:

@@ -260,6 +260,27 @@ def test_ja4_without_alpn() -> None:
     assert tls.ja4(ch)[8:10] == "00"
 
 
+def test_attrs_cache_is_keyed_on_everything_the_attrs_depend_on() -> None:
+    base = tls.parse_client_hello(SPEC_BODY)
+    first = tls.client_hello_attrs(base, "t")
+    first["ja4"] = "mutated by a caller"
+    assert tls.client_hello_attrs(base, "t")["ja4"] == SPEC_JA4  # callers get copies
+    assert str(tls.client_hello_attrs(base, "q")["ja4"]).startswith("q13")
+    other_alpn = tls.parse_client_hello(hello_body(SPEC_CIPHERS, (*spec_extensions()[:3], alpn_ext(b"h3"))))
+    assert tls.client_hello_attrs(other_alpn, "t")["alpn"] == ("h3",)
+    no_versions = tls.parse_client_hello(hello_body(SPEC_CIPHERS, spec_extensions()[:11]))
+    assert tls.client_hello_attrs(no_versions, "t")["version"] == "1.2"
+
+
+def test_huge_hellos_are_not_cached() -> None:
+    tls._ATTRS_CACHE.clear()
+    huge = tls.parse_client_hello(hello_body(tuple(range(1, 400)), (sni_ext(b"a.example"),)))
+    tls.client_hello_attrs(huge, "t")
+    assert not tls._ATTRS_CACHE
+    tls.client_hello_attrs(tls.parse_client_hello(SPEC_BODY), "t")
+    assert len(tls._ATTRS_CACHE) == 1
+
+
 # --- versions ------------------------------------------------------------------------------------
 
 
