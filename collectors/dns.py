@@ -1,11 +1,13 @@
 """DNS, mDNS/DNS-SD and LLMNR: one wire format (RFC 1035), three ways of reading it.
 
 ``parse`` turns a message into a ``DnsMessage``; ``observe`` and ``observe_tcp`` turn it into
-Observations following the conventions of each protocol (see ``_observe_message``).
+Observations following the conventions of each protocol (see ``_observe_dns``,
+``_observe_mdns`` and ``_observe_llmnr``).
 
 Robustness policy, applied the same way everywhere:
 
-- The header and the first record must parse, otherwise the message is ``MalformedPacket``.
+- The header and the first record (the first question, or the first answer when there is no
+  question) must parse, otherwise the message is ``MalformedPacket``.
 - After that, records are kept up to the first one that is broken or cut short (a truncated
   response is common in the wild); ``DnsMessage.partial`` says a section was cut. Observations
   are built from the complete records only, and nothing is raised.
