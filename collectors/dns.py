@@ -433,6 +433,7 @@ def _add(
 
 
 def _observe_dns(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
+    """Queries: one ``dns.query`` per question. Responses: one ``dns.answer`` per question, src = client."""
     out: list[Observation] = []
     if not msg.is_response:
         opcode = msg.opcode
@@ -489,6 +490,7 @@ def _observe_dns(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
 
 
 def _observe_llmnr(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
+    """One ``llmnr.query`` per question; a response adds ``answer`` and addresses, src = asker."""
     out: list[Observation] = []
     if not msg.is_response:
         for question in msg.questions:
@@ -512,6 +514,7 @@ def _observe_llmnr(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
 
 
 def _observe_mdns(msg: DnsMessage, ctx: PacketContext) -> list[Observation]:
+    """Questions, then PTR/SRV/TXT/A/AAAA records of every section; src = the sender, always."""
     out: list[Observation] = []
     for question in msg.questions:
         kind = Kind.MDNS_SERVICE if _is_service_name(question.name.lower()) else Kind.MDNS_HOST
