@@ -1,0 +1,370 @@
+"""The tables of Lanterne's store (DESIGN §5), as SQLAlchemy 2 typed declarative models.
+
+Two groups, joined by reconciliation:
+
+- what the sensors saw: ``agents``, ``endpoints`` (+ ``endpoint_aliases``), aggregated
+  ``observations``, ``detections`` (a product seen at an endpoint), ``ingested_files`` (scan
+  idempotency), ``probe_log`` (every active probe sent);
+- what people declared and decided: ``inventory_entries`` (+ ``inventory_history``), per-product
+  ``reconciliations`` (both statuses of DESIGN §1), ``reviews`` (every decision, kept as history),
+  ``alerts`` (deduplicated per site, product and reason) and ``change_log`` (the NIS2 change history).
+
+A *product key* names what is reconciled and reviewed at a site: a catalogue product id
+(``openai-chatgpt``), or ``unknown:<vendor>`` / ``unknown:<category>`` for something medical- or
+AI-looking that no fingerprint names. Times are timezone-aware UTC. Schema changes go through
+Alembic migrations (``store/migrations``), never ``create_all`` on an existing database.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names: Alembic migrations can refer to them on SQLite and PostgreSQL alike.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: JSON that PostgreSQL stores as JSONB; plain JSON (text) on SQLite.
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+UTC_DATETIME = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ReconciliationStatus(enum.StrEnum):
+    """What the network shows about a product at a site (computed; DESIGN §1)."""
+
+    DECLARED_OBSERVED = "declared_observed"
+    DECLARED_NOT_OBSERVED = "declared_not_observed"
+    UNDECLARED_OBSERVED = "undeclared_observed"
+    UNKNOWN_OBSERVED = "unknown_observed"
+    DECLARED_MISMATCH = "declared_mismatch"
+
+
+class ReviewDecision(enum.StrEnum):
+    """What the hospital decided about a product (set by a person, audited; DESIGN §1)."""
+
+    PENDING_REVIEW = "pending_review"
+    APPROVED = "approved"
+    APPROVED_WITH_CONDITIONS = "approved_with_conditions"
+    REJECTED_TO_BLOCK = "rejected_to_block"
+    FALSE_POSITIVE = "false_positive"
+    RETIRED = "retired"
+
+
+class AlertReason(enum.StrEnum):
+    """Why a person is needed (DESIGN §1)."""
+
+    UNDECLARED_OBSERVED = "undeclared_observed"
+    UNKNOWN_OBSERVED = "unknown_observed"
+    DECLARED_MISMATCH = "declared_mismatch"
+    CONDITION_EXPIRED = "condition_expired"
+    BLOCKED_SEEN_AGAIN = "blocked_seen_again"
+
+
+class AlertState(enum.StrEnum):
+    """Where an alert is in its life: open until a decision (or the situation) closes it."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    CLOSED = "closed"
+
+
+class IdentityKind(enum.StrEnum):
+    """How an endpoint is identified, best first (DESIGN §5)."""
+
+    MAC = "mac"  # a globally administered MAC seen as a source on the monitored segment
+    DHCP_CLIENT_ID = "dhcp_client_id"  # randomised MACs of one device, merged by DHCP option 61
+    DHCP_HOSTNAME = "dhcp_hostname"  # randomised MACs merged by DHCP host name when no client id
+    IP_UNBOUND = "ip_unbound"  # routed traffic with no DHCP binding: provisional, merged when bound
+
+
+def _enum(cls: type[enum.StrEnum]) -> Enum:
+    # Stored as text (no native enum types): adding a value needs no ALTER TYPE on PostgreSQL.
+    return Enum(
+        cls,
+        native_enum=False,
+        length=32,
+        validate_strings=True,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+# -- what the sensors saw --------------------------------------------------------------------------
+
+
+class Agent(Base):
+    """A sensor (one per VLAN or site), with its last heartbeat."""
+
+    __tablename__ = "agents"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    first_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    last_heartbeat: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    version: Mapped[str | None] = mapped_column(String(32))
+    catalog_version: Mapped[str | None] = mapped_column(String(64))
+
+
+class Endpoint(Base):
+    """A device on the hospital network, identified per DESIGN §5 (never by an IP alone for good)."""
+
+    __tablename__ = "endpoints"
+    __table_args__ = (UniqueConstraint("site", "identity_kind", "identity"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    identity_kind: Mapped[IdentityKind] = mapped_column(_enum(IdentityKind))
+    identity: Mapped[str] = mapped_column(String(128))
+    """The key: a canonical MAC, a DHCP client id (hex), a host name, or an IP (pseudonymised if configured)."""
+    mac: Mapped[str | None] = mapped_column(String(64))
+    randomized_mac: Mapped[bool] = mapped_column(Boolean, default=False)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    """Last known address."""
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    vendor: Mapped[str | None] = mapped_column(String(128))
+    """MAC vendor (IEEE registry) or the vendor a fingerprint named."""
+    service: Mapped[str | None] = mapped_column(String(128))
+    """Service or unit (from the VLAN/subnet mapping of the configuration)."""
+    vlan: Mapped[int | None] = mapped_column(Integer)
+    first_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    last_seen: Mapped[datetime] = mapped_column(UTC_DATETIME, index=True)
+    merged_into: Mapped[int | None] = mapped_column(ForeignKey("endpoints.id", ondelete="SET NULL"))
+    """Set when a provisional endpoint was merged into a better-identified one."""
+
+
+class EndpointAlias(Base):
+    """Other keys that lead to an endpoint: its MACs, DHCP client ids, host names, leased IPs."""
+
+    __tablename__ = "endpoint_aliases"
+
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(160), primary_key=True)
+    """``mac:…``, ``cid:…``, ``host:…``, ``lease:<ip>``."""
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    first_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    last_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    valid_until: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    """For DHCP leases: when the binding of the IP to the endpoint expires."""
+
+
+class ObservationAggregate(Base):
+    """What an endpoint was seen doing: one row per (agent, endpoint, kind, value), with counts."""
+
+    __tablename__ = "observations"
+
+    agent: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    last_seen: Mapped[datetime] = mapped_column(UTC_DATETIME, index=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    attrs: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    """The attrs of the last Observation (ALPN, JA4, AE titles…): metadata, never payload."""
+    peer: Mapped[str | None] = mapped_column(String(64))
+    """Last server-side address (IP) of the observation, for IP-to-name attribution."""
+
+
+class Detection(Base):
+    """A product (or an unknown of some vendor) seen at one endpoint, with evidence and confidence."""
+
+    __tablename__ = "detections"
+    __table_args__ = (UniqueConstraint("site", "product_key", "endpoint_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    product_key: Mapped[str] = mapped_column(String(160), index=True)
+    product_id: Mapped[str] = mapped_column(String(128))
+    """The catalogue id, or ``unknown``."""
+    vendor: Mapped[str | None] = mapped_column(String(128))
+    category: Mapped[str | None] = mapped_column(String(64))
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    confidence: Mapped[float] = mapped_column(Float)
+    evidence: Mapped[list[dict[str, Any]]] = mapped_column(JsonType, default=list)
+    """The distinct matched rules with the observed kind/value that fired them (bounded)."""
+    roles: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    catalog_version: Mapped[str] = mapped_column(String(64))
+    first_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    last_seen: Mapped[datetime] = mapped_column(UTC_DATETIME, index=True)
+
+
+class IngestedFile(Base):
+    """A capture or log already scanned: re-running the same content changes nothing."""
+
+    __tablename__ = "ingested_files"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    agent: Mapped[str] = mapped_column(String(64))
+    packets: Mapped[int] = mapped_column(BigInteger)
+    observations: Mapped[int] = mapped_column(BigInteger)
+    ingested_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+
+
+class ProbeLogEntry(Base):
+    """One active probe sent: what biomedical engineering reads to see exactly what was sent."""
+
+    __tablename__ = "probe_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UTC_DATETIME, index=True)
+    agent: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    protocol: Mapped[str] = mapped_column(String(32))
+    port: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+    """``ok``, ``timeout``, ``refused``, ``error``, ``denied`` (stopped by the safety gate), ``dry_run``."""
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+# -- what people declared and decided ------------------------------------------------------------
+
+
+class InventoryEntry(Base):
+    """One row of the declared inventory (the hospital's cartographie), as imported and updated."""
+
+    __tablename__ = "inventory_entries"
+    __table_args__ = (UniqueConstraint("site", "ref"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), index=True)
+    ref: Mapped[str] = mapped_column(String(128))
+    """The entry's stable reference: the file's id column, else derived from vendor + name."""
+    name: Mapped[str] = mapped_column(String(255))
+    vendor: Mapped[str | None] = mapped_column(String(255))
+    category: Mapped[str | None] = mapped_column(String(64))
+    catalog_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    """The catalogue product this entry declares, when given or resolved from vendor/name."""
+    service: Mapped[str | None] = mapped_column(String(255))
+    owner: Mapped[str | None] = mapped_column(String(255))
+    is_dmn: Mapped[bool | None] = mapped_column(Boolean)
+    is_ai: Mapped[bool | None] = mapped_column(Boolean)
+    hosts: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    ips: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    macs: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    ae_titles: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    deployment: Mapped[str | None] = mapped_column(String(32))
+    """As declared (``saas``, ``on_prem``…): a mismatch with what is seen is ``declared_mismatch``."""
+    declared_on: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    """The other declared columns (human oversight owner, health data, DPIA, training, HDS…)."""
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    """False once a re-import no longer lists it (kept, with its history)."""
+    created_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    updated_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+
+
+class Reconciliation(Base):
+    """The current answers for one product at one site (both axes live side by side, independent)."""
+
+    __tablename__ = "reconciliations"
+
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    product_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    entry_id: Mapped[int | None] = mapped_column(ForeignKey("inventory_entries.id", ondelete="SET NULL"))
+    status: Mapped[ReconciliationStatus] = mapped_column(_enum(ReconciliationStatus), index=True)
+    mismatch: Mapped[str | None] = mapped_column(Text)
+    """Why a declaration and the network disagree (``declared_mismatch``)."""
+    product_id: Mapped[str | None] = mapped_column(String(128))
+    vendor: Mapped[str | None] = mapped_column(String(255))
+    category: Mapped[str | None] = mapped_column(String(64))
+    endpoints: Mapped[int] = mapped_column(Integer, default=0)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    first_seen: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    last_seen: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    computed_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+
+
+class Review(Base):
+    """One decision by a person. Never updated: the latest row per (site, product) is current."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_site_product", "site", "product_key", "decided_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64))
+    product_key: Mapped[str] = mapped_column(String(160))
+    decision: Mapped[ReviewDecision] = mapped_column(_enum(ReviewDecision))
+    reason: Mapped[str] = mapped_column(Text)
+    conditions: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    """Required for ``approved_with_conditions``: the alert comes back after it."""
+    decided_by: Mapped[str] = mapped_column(String(128))
+    decided_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    next_review_due: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    """Reviewed facts (human oversight owner, health data, HDS, training, ticket reference…)."""
+
+
+class Alert(Base):
+    """Something that needs a person, deduplicated per site, product and reason (not per packet)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_open", "site", "product_key", "reason", "state"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64))
+    product_key: Mapped[str] = mapped_column(String(160))
+    reason: Mapped[AlertReason] = mapped_column(_enum(AlertReason))
+    state: Mapped[AlertState] = mapped_column(_enum(AlertState), default=AlertState.OPEN)
+    severity: Mapped[str] = mapped_column(String(16))
+    """``high`` (e.g. undeclared AI receiving data), ``medium``, ``low``."""
+    title: Mapped[str] = mapped_column(Text)
+    summary: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    first_raised: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    last_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    occurrences: Mapped[int] = mapped_column(Integer, default=1)
+    closed_at: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    closed_by_review: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="SET NULL"))
+    delivered: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    """Per alert channel: when it was delivered (for the channels of the web/alerts issue)."""
+
+
+class ChangeLogEntry(Base):
+    """The change history of the cartographie (NIS2 CIR 12.4): who changed what, when, and how."""
+
+    __tablename__ = "change_log"
+    __table_args__ = (Index("ix_change_log_subject", "site", "subject"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UTC_DATETIME, index=True)
+    site: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200))
+    """``entry:<ref>`` or ``product:<product_key>``."""
+    action: Mapped[str] = mapped_column(String(32))
+    """``imported``, ``updated``, ``deactivated``, ``status``, ``decision``, ``alert``…"""
+    actor: Mapped[str] = mapped_column(String(128))
+    """A person, ``import:<file>``, or ``lanterne`` for automatic changes."""
+    changes: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    """``{field: [old, new]}``."""
