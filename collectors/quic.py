@@ -183,12 +183,16 @@ class QuicTracker:
         max_crypto_bytes: int = 65536,
         max_fragments: int = 64,
         ttl: float = 60.0,
+        max_buffered_bytes: int = 8 << 20,
     ) -> None:
-        """Bounds: tracked connections, CRYPTO bytes and fragments per connection, seconds kept."""
+        """Bounds: tracked connections, CRYPTO bytes and fragments per connection, seconds kept,
+        and CRYPTO bytes buffered over all connections (anyone can craft valid Initials)."""
         self.max_connections = max_connections
         self.max_crypto_bytes = max_crypto_bytes
         self.max_fragments = max_fragments
         self.ttl = ttl
+        self.max_buffered_bytes = max_buffered_bytes
+        self.buffered = 0
         self._conns: OrderedDict[tuple[bytes, _Address], _Connection] = OrderedDict()
         self._by_client: dict[_Address, _Connection] = {}
         self._keys: OrderedDict[tuple[int, bytes], _Keys] = OrderedDict()
@@ -318,16 +322,20 @@ class QuicTracker:
         # Evict the oldest connections: over the bound, or expired (capture time may jump back:
         # an entry "born in the future" is kept until the bound pushes it out).
         while conns:
-            oldest_key, oldest = next(iter(conns.items()))
+            oldest = next(iter(conns.values()))
             if len(conns) < self.max_connections and now - oldest.born <= self.ttl:
                 break
-            del conns[oldest_key]
-            if self._by_client.get(oldest.client) is oldest:
-                del self._by_client[oldest.client]
+            self._evict_oldest()
         conn = _Connection(keys, client, server, now)
         conns[(dcid, client)] = conn
         self._by_client[client] = conn
         return conn
+
+    def _evict_oldest(self) -> None:
+        _, oldest = self._conns.popitem(last=False)
+        if self._by_client.get(oldest.client) is oldest:
+            del self._by_client[oldest.client]
+        self._finish(oldest)
 
     @staticmethod
     def _decrypt(
@@ -395,8 +403,16 @@ class QuicTracker:
             return False  # a retransmission
         if old is None and len(conn.chunks) >= self.max_fragments:
             return False
+        grown = len(data) - (len(old) if old is not None else 0)
+        # Over the global budget, the oldest connections go first; when this one is itself the
+        # oldest it may still grow, up to its own bound.
+        while self.buffered + grown > self.max_buffered_bytes and len(self._conns) > 1:
+            if next(iter(self._conns.values())) is conn:
+                break
+            self._evict_oldest()
         conn.chunks[offset] = data
-        conn.size += len(data) - (len(old) if old is not None else 0)
+        conn.size += grown
+        self.buffered += grown
         return True
 
     def _hello(self, conn: _Connection, version: int, ctx: PacketContext) -> Observation | None:
@@ -436,8 +452,8 @@ class QuicTracker:
         attrs: Attrs = {**tls.client_hello_attrs(ch, "q"), "quic_version": version_name(version)}
         return ctx.observation(Kind.QUIC_SNI, ch.sni, attrs)
 
-    @staticmethod
-    def _finish(conn: _Connection) -> None:
+    def _finish(self, conn: _Connection) -> None:
+        self.buffered -= conn.size
         conn.done = True
         conn.chunks = {}
         conn.size = 0

@@ -145,7 +145,7 @@ class Endpoint(Base):
     site: Mapped[str] = mapped_column(String(64), index=True)
     identity_kind: Mapped[IdentityKind] = mapped_column(_enum(IdentityKind))
     identity: Mapped[str] = mapped_column(String(128))
-    """The key: a canonical MAC, a DHCP client id (hex), a host name, or an IP (pseudonymised if configured)."""
+    """The key: a MAC, a DHCP client id (hex), a host name, or an IP (pseudonymised if configured)."""
     mac: Mapped[str | None] = mapped_column(String(64))
     randomized_mac: Mapped[bool] = mapped_column(Boolean, default=False)
     ip: Mapped[str | None] = mapped_column(String(64))

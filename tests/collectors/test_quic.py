@@ -465,6 +465,23 @@ def test_bounds() -> None:
     assert tracker.observe(protect(padded(crypto(1000, huge[1000:2000])), pn=1), CTX) == []
 
 
+def test_global_crypto_budget_evicts_the_oldest() -> None:
+    """Valid Initials are easy to forge: the bytes buffered over all connections are bounded."""
+    tracker = quic.QuicTracker(max_buffered_bytes=3000)
+    half = padded(crypto(0, BIG_HELLO[:1000]))
+    for i in range(10):
+        ctx = PacketContext(CTX.ts, Endpoint("10.0.2.1", None, 1000 + i), SERVER)
+        tracker.observe(protect(half, keys_dcid=b"flood" + bytes([i])), ctx)
+        assert tracker.buffered <= 3000
+    assert len(tracker) == 3
+    # the newest connection completes its hello
+    rest = protect(padded(crypto(1000, BIG_HELLO[1000:])), keys_dcid=b"flood" + bytes([9]), pn=1)
+    [obs] = tracker.observe(rest, PacketContext(CTX.ts, Endpoint("10.0.2.1", None, 1009), SERVER))
+    assert obs.value == "big.example"
+    assert tracker.buffered == 1000  # one more went for the last 395 bytes; the finished one holds none
+    assert len(tracker) == 2
+
+
 def test_crypto_beyond_the_bound_is_ignored() -> None:
     tracker = quic.QuicTracker(max_crypto_bytes=2048, max_fragments=4)
     assert tracker.observe(protect(padded(crypto(3000, b"x" * 100))), CTX) == []
