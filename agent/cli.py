@@ -7,16 +7,15 @@ exit codes: 0 clean, 1 findings (with ``--fail-on-findings``), 2 usage or config
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from agent import cli_fingerprints
+from agent._cli_common import EXIT_USAGE, AgentOption, default_agent_name, err
 from collectors import CaptureFormatError, DecodeStats, decode_file
 
 app = typer.Typer(
@@ -26,30 +25,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cli_fingerprints.app, name="fingerprints")
-err = Console(stderr=True)
-
-EXIT_CLEAN = 0
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
-
-
-def fatal(message: str, *, tip: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
-    """Print an error (and advice) on stderr and exit: the single fatal path of the CLI."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
-    if tip:
-        err.print(f"[yellow]tip:[/] {tip}", highlight=False)
-    raise typer.Exit(code)
-
-
-def default_agent_name() -> str:
-    """The agent name used when none is configured: this machine's short host name."""
-    return socket.gethostname().split(".")[0] or "lanterne"
-
-
-AgentOption = Annotated[
-    str | None,
-    typer.Option("--agent", envvar="LANTERNE_AGENT", help="Name of this sensor (default: the host name)."),
-]
 
 
 @app.callback()

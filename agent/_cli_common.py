@@ -1,0 +1,68 @@
+"""What every ``lanterne`` command shares: consoles, the single fatal path, common options.
+
+Sub-command modules (``agent/cli_*.py``) import from here, never from ``agent.cli`` (which
+imports them).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Final, NoReturn
+
+import typer
+from rich.console import Console
+
+#: Data (tables, JSON) goes to stdout; messages, progress and summaries to stderr.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+EXIT_CLEAN: Final = 0
+EXIT_FINDINGS: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def fatal(message: str, *, tip: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
+    """Print an error (and advice) on stderr and exit: the single fatal path of the CLI."""
+    err.print(f"[bold red]error:[/] {_escape(message)}")
+    if tip:
+        err.print(f"[yellow]tip:[/] {_escape(tip)}")
+    raise typer.Exit(code)
+
+
+def _escape(text: str) -> str:
+    # Messages can quote hostile strings (host names, file contents): never let them be markup.
+    return text.replace("[", r"\[")
+
+
+def default_agent_name() -> str:
+    """The agent name used when none is configured: this machine's short host name."""
+    return socket.gethostname().split(".")[0] or "lanterne"
+
+
+def default_db_url() -> str:
+    """The embedded SQLite store: ``$XDG_DATA_HOME/lanterne/lanterne.db`` (``~/.local/share/...``)."""
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return f"sqlite:///{base / 'lanterne' / 'lanterne.db'}"
+
+
+AgentOption = Annotated[
+    str | None,
+    typer.Option("--agent", envvar="LANTERNE_AGENT", help="Name of this sensor (default: the host name)."),
+]
+SiteOption = Annotated[
+    str,
+    typer.Option("--site", envvar="LANTERNE_SITE", help="Site (hospital, campus) the data belongs to."),
+]
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="LANTERNE_DB",
+        help="Database URL: sqlite:///path.db (default: ~/.local/share/lanterne/lanterne.db) "
+        "or postgresql+psycopg://user@host/db.",
+        show_default=False,
+    ),
+]
+DEFAULT_SITE: Final = "default"
