@@ -59,6 +59,9 @@ SUPPORTED_LINKTYPES: Final = frozenset(
 ETH_IPV4: Final = 0x0800
 ETH_IPV6: Final = 0x86DD
 VLAN_TAGS: Final = frozenset({0x8100, 0x88A8, 0x9100})
+ETH_PPPOE_SESSION: Final = 0x8864
+#: PPP protocol numbers carried by PPPoE → the ethertype of the same network protocol.
+PPP_PROTOCOLS: Final = {0x0021: 0x0800, 0x0057: 0x86DD}
 MAX_VLAN_TAGS: Final = 4
 
 # IPv6 extension headers that we walk through (RFC 8200 §4 and the IANA registry).
@@ -87,6 +90,17 @@ def _llmnr(payload: bytes, ctx: PacketContext) -> list[Observation]:
 
 def _dns_tcp(data: bytes, ctx: PacketContext) -> list[Observation]:
     return dns.observe_tcp(data, ctx, "dns")
+
+
+def _llmnr_tcp(data: bytes, ctx: PacketContext) -> list[Observation]:
+    return dns.observe_tcp(data, ctx, "llmnr")
+
+
+#: TCP ports whose streams start with a length-prefixed DNS message (RFC 1035 §4.2.2, RFC 4795 §2.6).
+TCP_NAME_PORTS: Final[dict[int, tuple[StreamParser, str]]] = {
+    53: (_dns_tcp, "dns"),
+    5355: (_llmnr_tcp, "llmnr"),
+}
 
 
 #: UDP port → (protocol name, parser). Either side's port selects the parser.
@@ -200,6 +214,13 @@ class Decoder:
                     p += 4
                     if ethertype not in VLAN_TAGS:
                         break
+            if ethertype == ETH_PPPOE_SESSION:
+                # PPPoE session header (6 bytes) then the PPP protocol number (RFC 2516).
+                if p + 8 > end:
+                    self._malformed("pppoe")
+                    return
+                ethertype = PPP_PROTOCOLS.get((buf[p + 6] << 8) | buf[p + 7], 0)
+                p += 8
             if ethertype not in (ETH_IPV4, ETH_IPV6):
                 return
             dst_mac = buf[off : off + 6]
@@ -348,8 +369,8 @@ class Decoder:
                     parser, name = hl7.observe, "hl7"
             elif b0 in (0x01, 0x02) and dicom.is_pdu_start(buf[pl : pl + 12]):
                 parser, name = dicom.observe, "dicom"
-            if parser is None and (sport == 53 or dport == 53):
-                parser, name = _dns_tcp, "dns"
+            if parser is None and (sport in TCP_NAME_PORTS or dport in TCP_NAME_PORTS):
+                parser, name = TCP_NAME_PORTS.get(dport) or TCP_NAME_PORTS[sport]
             ports = (sport << 16) | dport
             if parser is None:
                 if ports in self.streams.port_pairs:
@@ -421,6 +442,7 @@ class Decoder:
         feed = self.feed
         port_pairs = self.streams.port_pairs
         udp_ports = UDP_PORTS
+        tcp_name_ports = TCP_NAME_PORTS
         tcp_first = _TCP_FIRST_BYTE
         record_length = _RECORD_LENGTH.unpack_from
         headers = _ETH_IPV4_L4.unpack_from
@@ -447,8 +469,8 @@ class Decoder:
                         payload = frame + 34 + ((tcp_offset >> 4) << 2)
                         if payload >= ipend or (
                             not tcp_first[buf[payload]]
-                            and sport != 53
-                            and dport != 53
+                            and sport not in tcp_name_ports
+                            and dport not in tcp_name_ports
                             and ((sport << 16) | dport) not in port_pairs
                         ):
                             skipped += 1
