@@ -18,7 +18,7 @@ Alembic migrations (``store/migrations``), never ``create_all`` on an existing d
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -34,9 +34,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Deterministic constraint names: Alembic migrations can refer to them on SQLite and PostgreSQL alike.
@@ -51,7 +53,29 @@ NAMING_CONVENTION = {
 #: JSON that PostgreSQL stores as JSONB; plain JSON (text) on SQLite.
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
-UTC_DATETIME = DateTime(timezone=True)
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every dialect (naive values are taken as UTC)."""
+
+    # SQLite has no zone: SQLAlchemy would hand back naive datetimes and store any offset as if it
+    # were UTC. Normalising here keeps comparisons and min/max in SQL chronological on both dialects.
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC before storing."""
+        if value is None or value.tzinfo is None:
+            return value
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UTC_DATETIME = UtcDateTime()
 
 
 class Base(DeclarativeBase):
