@@ -464,7 +464,9 @@ class Decoder:
                 )
                 # IPv4 without options and not a fragment: the common case, decided right here.
                 if ethertype == ETH_IPV4 and vihl == 0x45 and not fragment & 0x3FFF:
-                    ipend = min(frame + 14 + total, end)
+                    ipend = frame + 14 + total
+                    if ipend > end:  # noqa: PLR1730 - min() is a call, this loop cannot afford it
+                        ipend = end
                     if proto == PROTO_TCP:
                         payload = frame + 34 + ((tcp_offset >> 4) << 2)
                         if payload >= ipend or (
@@ -520,8 +522,8 @@ class Decoder:
         dst_ip = socket.inet_ntop(family, buf[addr_off + addr_len : addr_off + 2 * addr_len])
         return PacketContext(
             ts,
-            Endpoint(src_ip, src_mac.hex(":") if src_mac else None, sport),
-            Endpoint(dst_ip, dst_mac.hex(":") if dst_mac else None, dport),
+            Endpoint.from_packet(src_ip, src_mac.hex(":") if src_mac else None, sport),
+            Endpoint.from_packet(dst_ip, dst_mac.hex(":") if dst_mac else None, dport),
             self.source,
             self.agent,
             vlan,
