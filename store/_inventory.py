@@ -542,9 +542,15 @@ class CatalogResolver:
 
     def resolve(self, vendor: str | None, name: str) -> str | None:
         """The product id, or None when nothing or more than one product fits."""
-        keys = [fold(name)]
-        if vendor:
-            keys.insert(0, fold(f"{vendor} {name}"))
+        names = [name]
+        bracket = re.match(r"^(.*?)\s*\((.*)\)\s*$", name)
+        if bracket is not None:  # "Passerelle IA imagerie (BoneView)": the product is in brackets
+            names += [bracket.group(2), bracket.group(1)]
+        keys: list[str] = []
+        for each in names:
+            if vendor:
+                keys.append(fold(f"{vendor} {each}"))
+            keys.append(fold(each))
         for key in keys:
             candidates = sorted(self._by_key.get(key, ()))
             if vendor and len(candidates) > 1:

@@ -66,7 +66,8 @@ def test_french_excel_csv_cp1252_semicolons(catalog: Catalog) -> None:
     chatgpt = by_ref["INV-001"]
     assert chatgpt.vendor == "OpenAI"
     assert chatgpt.catalog_id == "openai-chatgpt"
-    assert chatgpt.is_ai is True and chatgpt.is_dmn is False
+    assert chatgpt.is_ai is True
+    assert chatgpt.is_dmn is False
     assert chatgpt.hosts == ("chatgpt.com", "*.openai.com")
     assert chatgpt.deployment == "saas"
     assert chatgpt.declared_on == datetime(2025, 9, 1, tzinfo=UTC)
@@ -128,7 +129,11 @@ def test_lists_split_on_commas_semicolons_pipes_newlines(tmp_path: Path) -> None
 
 
 def test_hosts_idna_urls_and_wildcards() -> None:
-    assert canonical_host("Hôpital-Exemple.FR.") == "hôpital-exemple.fr".encode("idna").decode() == "xn--hpital-exemple-0ob.fr"
+    assert (
+        canonical_host("Hôpital-Exemple.FR.")
+        == "hôpital-exemple.fr".encode("idna").decode()
+        == "xn--hpital-exemple-0ob.fr"
+    )
     assert canonical_host("https://App.Example.org/path?q=1") == "app.example.org"
     assert canonical_host("*.Example.org") == "*.example.org"
     with pytest.raises(ValueError, match="not a valid host"):
@@ -155,16 +160,23 @@ def test_ref_derived_from_vendor_and_name_when_no_id_column(tmp_path: Path) -> N
         ("chatgpt", "OpenAI", "openai-chatgpt"),
         ("Le Chat", "Mistral AI", "mistral-le-chat"),
         ("DAX Copilot", "Microsoft", "dragon-copilot"),
+        ("Passerelle IA imagerie (BoneView)", "Gleamer", "gleamer"),
+        ("API", "", None),
+        ("Assistant", "", None),
         ("Outil maison", "Nous", None),
     ],
 )
-def test_catalogue_resolution(tmp_path: Path, catalog: Catalog, name: str, vendor: str, expected: str | None) -> None:
+def test_catalogue_resolution(
+    tmp_path: Path, catalog: Catalog, name: str, vendor: str, expected: str | None
+) -> None:
     entry = read_inventory(write(tmp_path, f"nom;éditeur\n{name};{vendor}\n"), catalog).entries[0]
     assert entry.catalog_id == expected
 
 
 def test_explicit_catalog_id_column(tmp_path: Path, catalog: Catalog) -> None:
-    entry = read_inventory(write(tmp_path, "nom;catalog_id\nAssistant;anthropic-claude\n"), catalog).entries[0]
+    entry = read_inventory(write(tmp_path, "nom;catalog_id\nAssistant;anthropic-claude\n"), catalog).entries[
+        0
+    ]
     assert entry.catalog_id == "anthropic-claude"
     assert errors(write(tmp_path, "nom;catalog_id\nAssistant;no-such-product\n"), catalog) == [
         "line 2, column 'catalog_id': 'no-such-product' is not a product of the catalogue"
@@ -229,7 +241,9 @@ def test_bad_ip_and_mac(tmp_path: Path) -> None:
 
 def test_duplicate_row_names_both_lines(tmp_path: Path) -> None:
     text = "id;nom\nINV-1;A\nINV-2;B\nINV-1;C\n"
-    assert errors(write(tmp_path, text)) == ["line 4, column 'id': duplicate entry 'INV-1': already on line 2"]
+    assert errors(write(tmp_path, text)) == [
+        "line 4, column 'id': duplicate entry 'INV-1': already on line 2"
+    ]
     derived = "nom;éditeur\nOutil;Société\nautre;x\noutil;SOCIÉTÉ\n"
     assert errors(write(tmp_path, derived)) == [
         "line 4, column 'nom/name': duplicate entry 'societe-outil': already on line 2"
@@ -238,7 +252,9 @@ def test_duplicate_row_names_both_lines(tmp_path: Path) -> None:
 
 def test_utf16_without_bom_is_refused(tmp_path: Path) -> None:
     found = errors(write(tmp_path, "nom;ia\nA;oui\n", "utf-16-le"))
-    assert found == ["line 1: NUL byte: not a text file (UTF-16 without a byte-order mark, or binary) (byte 2)"]
+    assert found == [
+        "line 1: NUL byte: not a text file (UTF-16 without a byte-order mark, or binary) (byte 2)"
+    ]
 
 
 def test_binary_garbage_is_refused(tmp_path: Path) -> None:
@@ -259,15 +275,11 @@ def test_old_xls_and_broken_xlsx_are_refused(tmp_path: Path) -> None:
 
 
 def test_every_error_of_the_file_is_reported(tmp_path: Path) -> None:
-    text = (
-        "nom;ia;adresses ip;date de déclaration;déploiement\n"
-        ";oui;;;\n"
-        "B;maybe;1.2.3;31/02/2025;nuage\n"
-    )
+    text = "nom;ia;adresses ip;date de déclaration;déploiement\n;oui;;;\nB;maybe;1.2.3;31/02/2025;nuage\n"
     assert errors(write(tmp_path, text)) == [
         "line 2, column 'nom': empty: every entry needs a name",
-        "line 3, column 'déploiement': 'nuage' is not one of saas, on_prem, hybrid, embedded_device, desktop, "
-        "unknown (or cloud, sur site…)",
+        "line 3, column 'déploiement': 'nuage' is not one of saas, on_prem, hybrid, embedded_device, "
+        "desktop, unknown (or cloud, sur site…)",
         "line 3, column 'ia': 'maybe' is not a yes/no value (oui, non, yes, no, 1, 0, x or empty)",
         "line 3, column 'adresses ip': '1.2.3' is not an IP address",
         "line 3, column 'date de déclaration': '31/02/2025' is not a date (JJ/MM/AAAA or AAAA-MM-JJ)",
@@ -275,7 +287,9 @@ def test_every_error_of_the_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_header_problems(tmp_path: Path) -> None:
-    assert errors(write(tmp_path, "nom;name\nA;B\n")) == ["line 1, column 'name': same meaning as column 'nom'"]
+    assert errors(write(tmp_path, "nom;name\nA;B\n")) == [
+        "line 1, column 'name': same meaning as column 'nom'"
+    ]
     assert errors(write(tmp_path, "")) == ["no header row: the file is empty"]
     assert errors(write(tmp_path, "nom;ia\nA;oui;extra\n")) == ["line 2: 3 cells for 2 columns"]
 
@@ -335,7 +349,8 @@ def test_import_then_reimport_keeps_history(tmp_path: Path, session: Session, ca
 
     again = import_inventory(session, DATA / "cartographie_fr.csv", "site-a", now=NOW, catalog=catalog)
     session.commit()
-    assert not again.changed and len(again.unchanged) == 4
+    assert not again.changed
+    assert len(again.unchanged) == 4
 
     text = (DATA / "cartographie_fr.csv").read_bytes().decode("cp1252").splitlines()
     text[1] = text[1].replace("Référent IA", "Nouveau référent")
@@ -346,19 +361,27 @@ def test_import_then_reimport_keeps_history(tmp_path: Path, session: Session, ca
     assert dry.updated == {"INV-001": {"owner": ["Référent IA", "Nouveau référent"]}}
     assert dry.deactivated == ["INV-004"]
     session.rollback()
-    assert session.scalars(select(InventoryEntry).where(InventoryEntry.ref == "INV-001")).one().owner == "Référent IA"
+    assert (
+        session.scalars(select(InventoryEntry).where(InventoryEntry.ref == "INV-001")).one().owner
+        == "Référent IA"
+    )
 
     result = import_inventory(session, path, "site-a", now=later, catalog=catalog)
     session.commit()
-    assert result.updated == dry.updated and result.deactivated == ["INV-004"]
+    assert result.updated == dry.updated
+    assert result.deactivated == ["INV-004"]
     entries = {e.ref: e for e in session.scalars(select(InventoryEntry))}
     assert entries["INV-001"].owner == "Nouveau référent"
     assert entries["INV-004"].active is False  # kept, not deleted
     log = list(session.scalars(select(ChangeLogEntry).order_by(ChangeLogEntry.id)))
-    assert [(row.subject, row.action) for row in log[-2:]] == [("entry:INV-001", "updated"), ("entry:INV-004", "deactivated")]
+    assert [(row.subject, row.action) for row in log[-2:]] == [
+        ("entry:INV-001", "updated"),
+        ("entry:INV-004", "deactivated"),
+    ]
     assert log[-2].changes == {"owner": ["Référent IA", "Nouveau référent"]}
     assert log[-2].actor == "import:cartographie_v2.csv"
-    assert log[0].action == "imported" and log[0].changes["name"] == [None, "ChatGPT"]
+    assert log[0].action == "imported"
+    assert log[0].changes["name"] == [None, "ChatGPT"]
     assert log[0].changes["declared_on"] == [None, "2025-09-01T00:00:00+00:00"]
 
     back = import_inventory(session, DATA / "cartographie_fr.csv", "site-a", now=later, catalog=catalog)
@@ -370,8 +393,15 @@ def test_import_then_reimport_keeps_history(tmp_path: Path, session: Session, ca
 def test_keep_missing_and_sites_are_separate(tmp_path: Path, session: Session) -> None:
     import_inventory(session, write(tmp_path, "nom\nA\nB\n"), "site-a", now=NOW)
     import_inventory(session, write(tmp_path, "nom\nA\n"), "site-b", now=NOW)
-    result = import_inventory(session, write(tmp_path, "nom\nA\n"), "site-a", now=NOW, deactivate_missing=False)
+    result = import_inventory(
+        session, write(tmp_path, "nom\nA\n"), "site-a", now=NOW, deactivate_missing=False
+    )
     session.commit()
-    assert result.deactivated == [] and result.unchanged == ["a"]
+    assert result.deactivated == []
+    assert result.unchanged == ["a"]
     rows = session.execute(select(InventoryEntry.site, InventoryEntry.ref, InventoryEntry.active)).all()
-    assert sorted(tuple(row) for row in rows) == [("site-a", "a", True), ("site-a", "b", True), ("site-b", "a", True)]
+    assert sorted(tuple(row) for row in rows) == [
+        ("site-a", "a", True),
+        ("site-a", "b", True),
+        ("site-b", "a", True),
+    ]
