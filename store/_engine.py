@@ -1,0 +1,218 @@
+"""Engines and sessions: SQLite (WAL) as the embedded default, PostgreSQL (psycopg 3) as the central store.
+
+``open_store(url)`` normalises the URL, creates the engine with the pragmas or pool settings of
+its dialect, runs the Alembic migrations to head and returns a ``Store``: the engine, a session
+factory and ``write()``, the one way to open a transaction that writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+#: How long a writer waits for another one (another agent, the daemon beside a scan) before failing.
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+#: Pages of SQLite cache in KiB (negative: KiB rather than pages); upserts of large windows profit.
+SQLITE_CACHE_KIB: Final = 32_768
+#: Any constant shared by every Lanterne process: PostgreSQL serialises migrations on it.
+_MIGRATION_LOCK: Final = 0x4C414E54  # "LANT"
+_SQLITE_BEGIN: Final = "lanterne_sqlite_begin"
+#: One encoder for every JSON column (``json.dumps`` would build a new one per value).
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class StoreError(Exception):
+    """The database cannot be used: a bad URL, an unreachable server, a failed migration."""
+
+
+def normalise_url(url: str | os.PathLike[str] | URL) -> URL:
+    """Return the SQLAlchemy URL for ``url``: a path means SQLite; PostgreSQL always uses psycopg 3."""
+    if isinstance(url, os.PathLike) or (isinstance(url, str) and "://" not in url):
+        url = f"sqlite:///{Path(url).expanduser()}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"not a database URL: {url!s}") from exc
+    backend = parsed.get_backend_name()
+    if backend in {"postgresql", "postgres"}:
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        if parsed.get_driver_name() not in {"pysqlite", ""}:
+            raise StoreError(f"unsupported SQLite driver {parsed.drivername!r}: use sqlite:///path.db")
+        return parsed.set(drivername="sqlite")
+    raise StoreError(f"unsupported database {backend!r}: use sqlite:///path.db or postgresql://user@host/db")
+
+
+def _is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in {None, "", ":memory:"}
+
+
+def make_engine(url: str | os.PathLike[str] | URL, *, echo: bool = False) -> Engine:
+    """Create the engine for ``url`` (no connection yet), with Lanterne's per-dialect settings."""
+    parsed = normalise_url(url)
+    options: dict[str, Any] = {"echo": echo, "json_serializer": _dumps}
+    if parsed.get_backend_name() == "sqlite":
+        if _is_memory(parsed):
+            # One shared connection, or every session would see its own empty database.
+            options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+        else:
+            assert parsed.database is not None
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, **options)
+        _configure_sqlite(engine, wal=not _is_memory(parsed))
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, **options)
+
+
+def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+    """Pragmas on every connection, and explicit BEGINs so transactions mean what they say."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # pysqlite's own transaction handling begins late and commits DDL behind our back:
+        # turn it off and let the "begin" hook below emit BEGIN itself (SQLAlchemy's recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if wal:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cursor.execute("PRAGMA temp_store=MEMORY")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        # A writer takes the lock up front (IMMEDIATE): a deferred transaction that reads first
+        # and writes later fails at once with SQLITE_BUSY if another writer slipped in between.
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "")
+        connection.exec_driver_sql(f"BEGIN {mode}".rstrip())
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """The Alembic configuration of the embedded migrations (no ``alembic.ini`` needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if engine is not None:
+        config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this version of Lanterne."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at (None for an empty database)."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision`` (default: head) in one transaction."""
+    config = alembic_config()
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Two agents starting at once against the central store must not both migrate.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            if revision == "head" and MigrationContext.configure(connection).get_current_revision() == (
+                head_revision()
+            ):
+                return
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except DBAPIError as exc:
+        raise StoreError(f"cannot migrate {_shown(engine.url)}: {exc.orig}") from exc
+
+
+def _shown(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """An open database: its engine, a session factory, and the way to write."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @property
+    def url(self) -> str:
+        """The URL, password hidden (for messages)."""
+        return _shown(self.engine.url)
+
+    def session(self) -> Session:
+        """A new session (the caller commits or rolls back and closes it)."""
+        return self.sessions()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        with self.sessions() as session:
+            if self.dialect == "sqlite":
+                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+            try:
+                yield session
+            except BaseException:
+                session.rollback()
+                raise
+            session.commit()
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.dispose()
+
+
+def open_store(url: str | os.PathLike[str] | URL, *, upgrade: bool = True, echo: bool = False) -> Store:
+    """Open the database at ``url`` and migrate it to head; raise StoreError if it cannot be used."""
+    engine = make_engine(url, echo=echo)
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot connect to {_shown(engine.url)}: {exc.orig}") from exc
+    if upgrade:
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+    return Store(engine, sessionmaker(engine, expire_on_commit=False))

@@ -1,0 +1,273 @@
+"""Batched upserts: ``INSERT … ON CONFLICT DO UPDATE`` through the dialect's own ``insert()``.
+
+Rows are merged by key in memory first: PostgreSQL refuses a statement that touches the same
+key twice (``ON CONFLICT DO UPDATE command cannot affect row a second time``) and SQLite would
+silently apply both, so a bug that only one database shows can never reach either. Then they go
+out in batches of ``BATCH_SIZE`` through one prepared statement each.
+
+How each column merges with the stored row is declared per call: ``add`` (counts), ``least``
+and ``greatest`` (first and last seen), ``replace`` (the new value wins), ``newer`` (the new value
+wins only when its ``stamp`` column is not older: scanning an old capture after a new one does
+not roll the last attributes back). Other columns are written on insert only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, Final
+
+from sqlalchemy import ColumnElement, Table, and_, case, func
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from store._models import Agent, Base, Detection, Endpoint, EndpointAlias, IdentityKind, ObservationAggregate
+
+#: Rows per executed batch: big enough to amortise the round trip, small enough to stay in cache.
+BATCH_SIZE: Final = 1000
+
+_TABLES: Final = Base.metadata.tables
+OBSERVATIONS: Final = _TABLES[ObservationAggregate.__tablename__]
+ENDPOINTS: Final = _TABLES[Endpoint.__tablename__]
+ALIASES: Final = _TABLES[EndpointAlias.__tablename__]
+DETECTIONS: Final = _TABLES[Detection.__tablename__]
+AGENTS: Final = _TABLES[Agent.__tablename__]
+
+
+def _connection(target: Connection | Session) -> Connection:
+    return target.connection() if isinstance(target, Session) else target
+
+
+def _insert(connection: Connection, table: Table) -> Any:
+    """The dialect's ``insert()`` (the only ones with ``on_conflict_do_update``)."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"upserts are written for SQLite and PostgreSQL, not {name}")
+
+
+def _least(connection: Connection, a: Any, b: Any) -> ColumnElement[Any]:
+    # SQLite's two-argument min()/max() are scalar functions; PostgreSQL spells them least/greatest.
+    return func.least(a, b) if connection.dialect.name == "postgresql" else func.min(a, b)
+
+
+def _greatest(connection: Connection, a: Any, b: Any) -> ColumnElement[Any]:
+    return func.greatest(a, b) if connection.dialect.name == "postgresql" else func.max(a, b)
+
+
+def merge_rows(
+    rows: Iterable[Mapping[str, Any]],
+    key: Sequence[str],
+    *,
+    add: Sequence[str] = (),
+    least: Sequence[str] = (),
+    greatest: Sequence[str] = (),
+    replace: Sequence[str] = (),
+    newer: Sequence[str] = (),
+    stamp: str | None = None,
+) -> list[Mapping[str, Any]]:
+    """Merge rows that share a key the way the database would merge them with the stored row."""
+    ident_of = itemgetter(*key) if len(key) > 1 else (lambda row: (row[key[0]],))
+    merged: dict[Any, Mapping[str, Any]] = {}
+    copied: set[Any] = set()
+    for row in rows:
+        ident = ident_of(row)
+        current = merged.get(ident)
+        if current is None:
+            merged[ident] = row  # copied only if another row shares the key (rare)
+            continue
+        if ident not in copied:
+            copied.add(ident)
+            current = merged[ident] = dict(current)
+        assert isinstance(current, dict)
+        is_newer = stamp is None or row[stamp] >= current[stamp]
+        for name in add:
+            current[name] += row[name]
+        for name in least:
+            current[name] = min(current[name], row[name])
+        for name in replace:
+            current[name] = row[name]
+        if is_newer:
+            for name in newer:
+                current[name] = row[name]
+        for name in greatest:  # after ``newer``: it may read the stamp before it moves
+            current[name] = max(current[name], row[name])
+    return list(merged.values())
+
+
+def upsert(
+    target: Connection | Session,
+    table: Table,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    key: Sequence[str],
+    add: Sequence[str] = (),
+    least: Sequence[str] = (),
+    greatest: Sequence[str] = (),
+    replace: Sequence[str] = (),
+    newer: Sequence[str] = (),
+    stamp: str | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> int:
+    """Insert or merge ``rows`` into ``table`` by ``key``; return how many distinct keys were written."""
+    merged = merge_rows(
+        rows, key, add=add, least=least, greatest=greatest, replace=replace, newer=newer, stamp=stamp
+    )
+    if not merged:
+        return 0
+    connection = _connection(target)
+    insert = _insert(connection, table)
+    excluded = insert.excluded
+    columns = table.c
+    updates: dict[str, Any] = {}
+    for name in add:
+        updates[name] = columns[name] + excluded[name]
+    for name in least:
+        updates[name] = _least(connection, columns[name], excluded[name])
+    for name in greatest:
+        updates[name] = _greatest(connection, columns[name], excluded[name])
+    for name in replace:
+        updates[name] = excluded[name]
+    if newer:
+        assert stamp is not None, "newer columns need a stamp column to compare"
+        is_newer = excluded[stamp] >= columns[stamp]
+        for name in newer:
+            updates[name] = case((is_newer, excluded[name]), else_=columns[name])
+    statement = (
+        insert.on_conflict_do_update(index_elements=list(key), set_=updates)
+        if updates
+        else insert.on_conflict_do_nothing(index_elements=list(key))
+    )
+    for start in range(0, len(merged), batch_size):
+        connection.execute(statement, merged[start : start + batch_size])
+    return len(merged)
+
+
+# -- the tables the aggregator writes ------------------------------------------------------------
+
+
+def upsert_observations(target: Connection | Session, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Aggregated observations: counts added, first seen min, last seen max, last attrs and peer."""
+    return upsert(
+        target,
+        OBSERVATIONS,
+        rows,
+        key=("agent", "endpoint_id", "kind", "value"),
+        add=("count",),
+        least=("first_seen",),
+        greatest=("last_seen",),
+        newer=("attrs", "peer"),
+        stamp="last_seen",
+    )
+
+
+def upsert_endpoints(
+    target: Connection | Session, rows: Sequence[Mapping[str, Any]]
+) -> dict[tuple[IdentityKind, str], int]:
+    """Endpoints by (site, identity kind, identity); return each identity's row id.
+
+    The last known address, host name, vendor and MAC follow the newest sighting, and a value
+    the new sighting does not know (None) never erases one the store knows.
+    """
+    if not rows:
+        return {}
+    connection = _connection(target)
+    insert = _insert(connection, ENDPOINTS)
+    excluded = insert.excluded
+    columns = ENDPOINTS.c
+    is_newer = excluded.last_seen >= columns.last_seen
+    updates: dict[str, Any] = {
+        "first_seen": _least(connection, columns.first_seen, excluded.first_seen),
+        "last_seen": _greatest(connection, columns.last_seen, excluded.last_seen),
+        "randomized_mac": excluded.randomized_mac,
+    }
+    for name in ("mac", "ip", "hostname", "vendor", "service", "vlan"):
+        fresh = func.coalesce(excluded[name], columns[name])
+        updates[name] = case((is_newer, fresh), else_=func.coalesce(columns[name], excluded[name]))
+    statement = insert.on_conflict_do_update(
+        index_elements=["site", "identity_kind", "identity"], set_=updates
+    ).returning(columns.id, columns.identity_kind, columns.identity)
+    merged = merge_rows(
+        rows,
+        ("site", "identity_kind", "identity"),
+        least=("first_seen",),
+        greatest=("last_seen",),
+        newer=("mac", "ip", "hostname", "vendor", "service", "vlan", "randomized_mac"),
+        stamp="last_seen",
+    )
+    ids: dict[tuple[IdentityKind, str], int] = {}
+    for start in range(0, len(merged), BATCH_SIZE):
+        result = connection.execute(statement, merged[start : start + BATCH_SIZE])
+        for row_id, kind, identity in result:
+            ids[IdentityKind(kind), identity] = row_id
+    return ids
+
+
+def upsert_aliases(target: Connection | Session, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Endpoint aliases by (site, alias); the newest sighting decides where an alias points.
+
+    A DHCP lease (``lease:<ip>``) moves to the new holder of the address; when it does, its first
+    seen restarts, since the binding is a new one.
+    """
+    merged = merge_rows(
+        rows,
+        ("site", "alias"),
+        least=("first_seen",),
+        greatest=("last_seen",),
+        newer=("endpoint_id", "valid_until"),
+        stamp="last_seen",
+    )
+    if not merged:
+        return 0
+    connection = _connection(target)
+    insert = _insert(connection, ALIASES)
+    excluded = insert.excluded
+    columns = ALIASES.c
+    is_newer = excluded.last_seen >= columns.last_seen
+    same_holder = excluded.endpoint_id == columns.endpoint_id
+    updates: dict[str, Any] = {
+        "endpoint_id": case((is_newer, excluded.endpoint_id), else_=columns.endpoint_id),
+        "first_seen": case(
+            (same_holder, _least(connection, columns.first_seen, excluded.first_seen)),
+            (is_newer, excluded.first_seen),
+            else_=columns.first_seen,
+        ),
+        "last_seen": _greatest(connection, columns.last_seen, excluded.last_seen),
+        "valid_until": case(
+            (and_(is_newer, excluded.valid_until.is_not(None)), excluded.valid_until),
+            else_=columns.valid_until,
+        ),
+    }
+    statement = insert.on_conflict_do_update(index_elements=["site", "alias"], set_=updates)
+    for start in range(0, len(merged), BATCH_SIZE):
+        connection.execute(statement, merged[start : start + BATCH_SIZE])
+    return len(merged)
+
+
+def upsert_detections(target: Connection | Session, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Detections by (site, product key, endpoint): the new assessment replaces the stored one."""
+    return upsert(
+        target,
+        DETECTIONS,
+        rows,
+        key=("site", "product_key", "endpoint_id"),
+        least=("first_seen",),
+        greatest=("last_seen",),
+        replace=("product_id", "vendor", "category", "confidence", "evidence", "roles", "catalog_version"),
+    )
+
+
+def upsert_agent(target: Connection | Session, row: Mapping[str, Any]) -> None:
+    """An agent's heartbeat: its site, versions and the time it last reported."""
+    upsert(
+        target,
+        AGENTS,
+        [row],
+        key=("name",),
+        least=("first_seen",),
+        greatest=("last_heartbeat",),
+        replace=("site", "version", "catalog_version"),
+    )

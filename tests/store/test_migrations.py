@@ -1,0 +1,63 @@
+"""Migrations: Alembic from the first table on, producing exactly the models' schema on both databases."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from store import Base, alembic_config, current_revision, head_revision, make_engine, migrate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _differences(url: str) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return list(compare_metadata(context, Base.metadata))
+    finally:
+        engine.dispose()
+
+
+def test_migrations_produce_exactly_the_models(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        assert current_revision(engine) is None
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert set(Base.metadata.tables) <= tables
+    assert _differences(db_url) == []
+
+
+def test_downgrade_to_base_and_up_again(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        migrate(engine)
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "base")
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+    assert _differences(db_url) == []
+
+
+def test_the_migrations_ship_in_the_package() -> None:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = data["tool"]["setuptools"]["package-data"]["store"]
+    shipped = {path for pattern in patterns for path in (REPO / "store").glob(pattern)}
+    migrations = REPO / "store" / "migrations"
+    needed = {migrations / "env.py", migrations / "script.py.mako", *migrations.glob("versions/*.py")}
+    assert needed <= shipped

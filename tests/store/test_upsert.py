@@ -1,0 +1,228 @@
+"""Batched upserts on SQLite and PostgreSQL: merged keys, counts, first/last seen, newest attributes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from store import (
+    BATCH_SIZE,
+    Agent,
+    Detection,
+    Endpoint,
+    EndpointAlias,
+    IdentityKind,
+    ObservationAggregate,
+    Store,
+    merge_rows,
+    upsert_agent,
+    upsert_aliases,
+    upsert_detections,
+    upsert_endpoints,
+    upsert_observations,
+)
+from tests.store.helpers import at, endpoint_row, make_endpoints
+
+
+def obs_row(
+    endpoint_id: int, value: str, first: datetime, last: datetime, count: int = 1, **extra: Any
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "agent": "a1",
+        "endpoint_id": endpoint_id,
+        "kind": "tls.sni",
+        "value": value,
+        "first_seen": first,
+        "last_seen": last,
+        "count": count,
+        "attrs": {"alpn": ["h2"]},
+        "peer": "192.0.2.1",
+    }
+    row.update(extra)
+    return row
+
+
+def _observations(db: Store) -> dict[tuple[int, str], ObservationAggregate]:
+    with db.session() as session:
+        return {(row.endpoint_id, row.value): row for row in session.scalars(select(ObservationAggregate))}
+
+
+def test_the_same_key_twice_in_one_flush(db: Store) -> None:
+    # PostgreSQL refuses one ON CONFLICT statement that touches a row twice: keys merge first.
+    with db.write() as session:
+        (ep,) = make_endpoints(session, "00:11:22:33:44:55")
+        written = upsert_observations(
+            session,
+            [
+                obs_row(ep, "chatgpt.com", at(5), at(6), 2, attrs={"n": 1}),
+                obs_row(ep, "chatgpt.com", at(1), at(9), 3, attrs={"n": 2}, peer="192.0.2.9"),
+                obs_row(ep, "chatgpt.com", at(2), at(3), 1, attrs={"n": 3}),
+            ],
+        )
+    assert written == 1
+    row = _observations(db)[ep, "chatgpt.com"]
+    assert (row.count, row.first_seen, row.last_seen) == (6, at(1), at(9))
+    assert (row.attrs, row.peer) == ({"n": 2}, "192.0.2.9")  # from the newest sighting
+
+
+def test_counts_add_up_across_flushes(db: Store) -> None:
+    with db.write() as session:
+        (ep,) = make_endpoints(session, "00:11:22:33:44:55")
+        upsert_observations(session, [obs_row(ep, "a.example", at(10), at(20), 4, attrs={"v": "new"})])
+    with db.write() as session:
+        # An older capture scanned later: counts add, times widen, the attributes stay the newest.
+        upsert_observations(session, [obs_row(ep, "a.example", at(0), at(5), 3, attrs={"v": "old"})])
+    row = _observations(db)[ep, "a.example"]
+    assert (row.count, row.first_seen, row.last_seen, row.attrs) == (7, at(0), at(20), {"v": "new"})
+
+
+def test_many_batches_with_duplicates_across_them(db: Store) -> None:
+    n = BATCH_SIZE * 2 + 17
+    with db.write() as session:
+        eps = make_endpoints(session, "00:00:00:00:00:01", "00:00:00:00:00:02")
+        rows = [obs_row(eps[i % 2], f"h{i % (n // 2)}.example", at(i), at(i)) for i in range(n)]
+        written = upsert_observations(session, rows)
+    stored = _observations(db)
+    assert written == len(stored) == len({(r["endpoint_id"], r["value"]) for r in rows})
+    assert sum(row.count for row in stored.values()) == n
+
+
+def test_endpoint_ids_and_columns_that_a_sighting_does_not_know(db: Store) -> None:
+    with db.write() as session:
+        first = upsert_endpoints(
+            session, [endpoint_row("aa:aa:aa:aa:aa:01", seen=at(0), hostname="pump-1", ip="10.0.0.5")]
+        )
+        again = upsert_endpoints(session, [endpoint_row("aa:aa:aa:aa:aa:01", seen=at(9), ip="10.0.0.6")])
+        older = upsert_endpoints(
+            session, [endpoint_row("aa:aa:aa:aa:aa:01", seen=at(-5), ip="10.0.0.4", vendor="Acme")]
+        )
+    key = (IdentityKind.MAC, "aa:aa:aa:aa:aa:01")
+    assert first[key] == again[key] == older[key]
+    with db.session() as session:
+        row = session.get_one(Endpoint, first[key])
+    # The newest sighting sets the address; a None never erases; an older one only fills gaps.
+    assert (row.ip, row.hostname, row.vendor) == ("10.0.0.6", "pump-1", "Acme")
+    assert (row.first_seen, row.last_seen) == (at(-5), at(9))
+
+
+def test_a_lease_moves_to_its_new_holder(db: Store) -> None:
+    with db.write() as session:
+        old, new = make_endpoints(session, "00:00:00:00:00:0a", "00:00:00:00:00:0b")
+        lease = {"site": "s", "alias": "lease:10.0.0.7"}
+        upsert_aliases(
+            session,
+            [{**lease, "endpoint_id": old, "first_seen": at(0), "last_seen": at(10), "valid_until": at(60)}],
+        )
+        upsert_aliases(
+            session,
+            [{**lease, "endpoint_id": old, "first_seen": at(20), "last_seen": at(30), "valid_until": at(90)}],
+        )
+    with db.session() as session:
+        alias = session.get_one(EndpointAlias, ("s", "lease:10.0.0.7"))
+        assert (alias.endpoint_id, alias.first_seen, alias.last_seen, alias.valid_until) == (
+            old,
+            at(0),
+            at(30),
+            at(90),
+        )
+    with db.write() as session:
+        upsert_aliases(
+            session,
+            [
+                {
+                    **lease,
+                    "endpoint_id": new,
+                    "first_seen": at(100),
+                    "last_seen": at(101),
+                    "valid_until": at(200),
+                }
+            ],
+        )
+        # A stale sighting of the old binding, scanned late, does not take the address back.
+        upsert_aliases(
+            session,
+            [{**lease, "endpoint_id": old, "first_seen": at(40), "last_seen": at(50), "valid_until": at(95)}],
+        )
+    with db.session() as session:
+        alias = session.get_one(EndpointAlias, ("s", "lease:10.0.0.7"))
+        assert (alias.endpoint_id, alias.first_seen, alias.last_seen, alias.valid_until) == (
+            new,
+            at(100),
+            at(101),
+            at(200),
+        )
+
+
+def test_detections_are_replaced_by_the_new_assessment(db: Store) -> None:
+    def detection(
+        confidence: float, evidence: list[dict[str, Any]], first: datetime, last: datetime
+    ) -> dict[str, Any]:
+        return {
+            "site": "s",
+            "product_key": "openai-chatgpt",
+            "product_id": "openai-chatgpt",
+            "vendor": "OpenAI",
+            "category": "llm_chat",
+            "endpoint_id": ep,
+            "confidence": confidence,
+            "evidence": evidence,
+            "roles": [],
+            "catalog_version": "v1",
+            "first_seen": first,
+            "last_seen": last,
+        }
+
+    with db.write() as session:
+        (ep,) = make_endpoints(session, "00:00:00:00:00:0c")
+        upsert_detections(session, [detection(0.9, [{"rule": "a"}], at(5), at(6))])
+        upsert_detections(session, [detection(0.99, [{"rule": "a"}, {"rule": "b"}], at(1), at(3))])
+    with db.session() as session:
+        row = session.scalars(select(Detection)).one()
+    assert (row.confidence, len(row.evidence), row.first_seen, row.last_seen) == (0.99, 2, at(1), at(6))
+
+
+def test_agent_heartbeat(db: Store) -> None:
+    with db.write() as session:
+        upsert_agent(
+            session,
+            {
+                "name": "probe-1",
+                "site": "s",
+                "first_seen": at(5),
+                "last_heartbeat": at(5),
+                "version": "0.1",
+                "catalog_version": "x",
+            },
+        )
+        upsert_agent(
+            session,
+            {
+                "name": "probe-1",
+                "site": "s2",
+                "first_seen": at(9),
+                "last_heartbeat": at(9),
+                "version": "0.2",
+                "catalog_version": "y",
+            },
+        )
+    with db.session() as session:
+        agent = session.get_one(Agent, "probe-1")
+    assert (agent.site, agent.first_seen, agent.last_heartbeat, agent.version) == ("s2", at(5), at(9), "0.2")
+
+
+def test_merge_rows_without_a_database() -> None:
+    rows = [
+        {"k": 1, "n": 1, "first": 5, "last": 5, "v": "a"},
+        {"k": 2, "n": 1, "first": 1, "last": 1, "v": "b"},
+        {"k": 1, "n": 2, "first": 3, "last": 4, "v": "c"},
+    ]
+    merged = merge_rows(
+        rows, ("k",), add=("n",), least=("first",), greatest=("last",), newer=("v",), stamp="last"
+    )
+    assert merged == [
+        {"k": 1, "n": 3, "first": 3, "last": 5, "v": "a"},
+        {"k": 2, "n": 1, "first": 1, "last": 1, "v": "b"},
+    ]
+    assert rows[0] == {"k": 1, "n": 1, "first": 5, "last": 5, "v": "a"}  # the caller's rows are not changed
