@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from agent._review import evidence_signals, log_change, sync_alerts
 from collectors import InvalidObservation, canonical_ip, canonical_mac
 from fingerprints import UNKNOWN, Catalog, Product, load_catalog
+from fingerprints._vocabulary import AI_CATEGORIES
 from store._inventory import GENERIC_WORDS, as_utc, fold, product_keys
 from store._models import (
     Alert,
@@ -54,6 +55,8 @@ from store._models import (
 
 #: How far back a detection counts as "observed" (configurable; a month covers monthly users).
 DEFAULT_LOOKBACK: Final = timedelta(days=30)
+#: Categories whose products are medical devices (unknowns of these are medical-looking).
+DEVICE_CATEGORIES: Final = frozenset({"medical_device", "imaging_modality"})
 HOST_KINDS: Final = frozenset({"dns.query", "dns.answer", "tls.sni", "quic.sni", "http.host"})
 _CHUNK: Final = 500  # bound the size of IN (...) lists (SQLite allows 32766 parameters, keep it small)
 _WORD: Final = re.compile(r"[a-z0-9]{3,}")
@@ -478,6 +481,11 @@ def _observed_row(
         vendor, category = group.vendor, group.category
         is_ai = first.is_ai if first is not None else None
         is_medical = first.is_dmn if first is not None else None
+        # An unnamed product is as AI- or medical-looking as the category its evidence agrees on.
+        if is_ai is None and category in AI_CATEGORIES:
+            is_ai = True
+        if is_medical is None and category in DEVICE_CATEGORIES:
+            is_medical = True
         deployment = first.deployment if first is not None else None
     return ReconciledProduct(
         key=key,
