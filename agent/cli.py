@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agent import cli_fingerprints
+from agent import cli_export, cli_fingerprints, cli_inventory, cli_review
 from agent._cli_common import EXIT_USAGE, AgentOption, default_agent_name, err
 from collectors import CaptureFormatError, DecodeStats, decode_file
 
@@ -25,6 +25,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(cli_fingerprints.app, name="fingerprints")
+app.add_typer(cli_inventory.app, name="inventory")
+app.add_typer(cli_review.alerts_app, name="alerts")
+app.add_typer(cli_review.review_app, name="review")
+app.command("export")(cli_export.export)
 
 
 @app.callback()
