@@ -12,6 +12,7 @@ bug is counted too (and re-raised in ``strict`` mode, which the tests use) — n
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import struct
 from collections import Counter
@@ -118,18 +119,55 @@ UDP_PORTS: Final[dict[int, tuple[str, UdpObserve]]] = {
 
 #: First payload bytes of TCP messages we read, recognised whatever the port.
 _HTTP_METHOD_INITIALS: Final = http.METHOD_INITIALS
-#: The same as a 256-entry table for the hot loop: TLS handshake, DICOM PDU 1/2, MLLP start, HTTP.
-_TCP_FIRST_BYTE: Final = bytes(
-    1 if b in _HTTP_METHOD_INITIALS or b in (0x16, 0x01, 0x02, 0x0B) else 0 for b in range(256)
-)
+#: Every first byte of a TCP payload worth a look: TLS handshake, DICOM PDU 1/2, MLLP start, HTTP.
+_TCP_START_BYTES: Final = frozenset(_HTTP_METHOD_INITIALS | {0x16, 0x01, 0x02, 0x0B})
 #: Largest frame accepted in a pcap record (anything larger is a corrupt file).
 MAX_FRAME: Final = 1 << 18
 _RECORD_LENGTH: Final = struct.Struct("<I")
 _RECORD_TIME: Final = struct.Struct("<II")
-#: From the Ethernet type to the TCP data offset, in one call: ethertype, IPv4 version/IHL, total
-#: length, flags+fragment offset, protocol, source and destination ports, first UDP payload byte,
-#: TCP data offset (valid for IPv4 without options only, which the loop checks before trusting it).
-_ETH_IPV4_L4: Final = struct.Struct(">HBxHxxHxBxx8xHHxxxxBxxxB")
+_PORTS: Final = struct.Struct(">I")
+
+
+def _byte_class(values: Iterable[int], *, negate: bool = False) -> bytes:
+    return b"[" + (b"^" if negate else b"") + b"".join(re.escape(bytes((v,))) for v in sorted(values)) + b"]"
+
+
+def _not_ports(ports: Iterable[int]) -> bytes:
+    return b"(?!" + b"|".join(re.escape(port.to_bytes(2, "big")) for port in sorted(ports)) + b")"
+
+
+def _boring_pattern() -> re.Pattern[bytes]:
+    """Ethernet frames that cannot carry an Observation, recognised in one regex match.
+
+    IPv4 (optionally behind one 802.1Q tag) without options and not a fragment, carrying:
+    TCP whose ports are not DNS/LLMNR and whose payload is absent or starts with a byte no
+    recognised message starts with (one alternative per TCP data offset, 5 to 15 words); UDP
+    whose ports select no parser and whose payload is not a QUIC long header; or any other
+    protocol. Anything else (IPv6, options, fragments, a candidate payload) does not match and is
+    decoded in full. ``\\Z`` is the frame's end (the match is bounded by ``endpos``): no payload.
+    """
+    dull_start = b"(?:" + _byte_class(_TCP_START_BYTES, negate=True) + b"|\\Z)"
+    tcp_payload = b"(?:" + b"|".join(
+        b"[" + re.escape(bytes((words << 4,))) + b"-" + re.escape(bytes(((words << 4) | 15,))) + b"]"
+        + b".{%d}" % (4 * words - 13) + dull_start
+        for words in range(5, 16)
+    ) + b")"
+    tcp_ports = _not_ports(TCP_NAME_PORTS) + b".." + _not_ports(TCP_NAME_PORTS) + b".."
+    udp_ports = _not_ports(UDP_PORTS) + b".." + _not_ports(UDP_PORTS) + b".."
+    tcp = b"(?P<tcp>\\x06.{10}" + tcp_ports + b".{8}" + tcp_payload + b")"
+    udp = b"(?P<udp>\\x11.{10}" + udp_ports + b".{4}(?:[\\x00-\\xbf]|\\Z))"
+    # flags + fragment offset: MF clear and offset zero (DF and the reserved bit may be set)
+    ipv4 = b"\\x08\\x00\\x45.{5}[\\x00\\x40\\x80\\xc0]\\x00.(?:" + tcp + b"|" + udp + b"|[^\\x06\\x11])"
+    return re.compile(b".{12}(?:\\x81\\x00..)?" + ipv4, re.DOTALL)
+
+
+def _never_boring(buf: bytes, pos: int, endpos: int) -> None:
+    """Other link types: every frame is decoded in full."""
+    return None
+
+
+_BORING: Final = _boring_pattern()
+_NEVER_BORING: Final = _never_boring
 
 
 @dataclass(slots=True)
@@ -343,7 +381,23 @@ class Decoder:
         else:
             return
 
-        # -- transport -----------------------------------------------------------------------------
+        self.transport(ts, buf, family, addr_off, addr_len, src_mac, dst_mac, vlan, proto, l4, ipend)
+
+    def transport(
+        self,
+        ts: float,
+        buf: bytes,
+        family: int,
+        addr_off: int,
+        addr_len: int,
+        src_mac: bytes | None,
+        dst_mac: bytes | None,
+        vlan: int | None,
+        proto: int,
+        l4: int,
+        ipend: int,
+    ) -> None:
+        """Dispatch a TCP or UDP segment whose network header was read (``l4`` is where it starts)."""
         if proto == PROTO_TCP:
             if l4 + 20 > ipend:
                 self._malformed("tcp")
@@ -435,18 +489,16 @@ class Decoder:
     def scan_pcap(self, buf: bytes, pos: int, limit: int, linktype: int, resolution: float) -> int:
         """Decode the complete little-endian pcap records in ``buf[pos:limit]``; return where the rest starts.
 
-        The hot loop of file decoding. Bulk Ethernet/IPv4 packets are thrown away here after a few
-        byte comparisons, without a call, a slice or an object; anything that may carry an
-        Observation (or is unusual: VLAN, IPv6, options, fragments) goes through ``feed``.
+        The hot loop of file decoding. Most frames are bulk that can carry no Observation: one
+        match of the compiled ``_BORING`` pattern (C speed, no object but the match) recognises
+        them, and the loop moves on. Everything else goes through ``feed``.
         """
         feed = self.feed
         port_pairs = self.streams.port_pairs
-        udp_ports = UDP_PORTS
-        tcp_name_ports = TCP_NAME_PORTS
-        tcp_first = _TCP_FIRST_BYTE
         record_length = _RECORD_LENGTH.unpack_from
-        headers = _ETH_IPV4_L4.unpack_from
-        ethernet = linktype == LINKTYPE_ETHERNET
+        record_time = _RECORD_TIME.unpack_from
+        boring = _BORING.match if linktype == LINKTYPE_ETHERNET else _NEVER_BORING
+        ports_at = _PORTS.unpack_from
         skipped = 0
         while True:
             frame = pos + 16
@@ -458,42 +510,16 @@ class Decoder:
                 if caplen > MAX_FRAME:
                     raise CaptureFormatError(f"corrupt pcap record (length {caplen})")
                 break
-            if ethernet and caplen >= 54:
-                ethertype, vihl, total, fragment, proto, sport, dport, udp0, tcp_offset = headers(
-                    buf, frame + 12
-                )
-                # IPv4 without options and not a fragment: the common case, decided right here.
-                if ethertype == ETH_IPV4 and vihl == 0x45 and not fragment & 0x3FFF:
-                    ipend = frame + 14 + total
-                    if ipend > end:  # noqa: PLR1730 - min() is a call, this loop cannot afford it
-                        ipend = end
-                    if proto == PROTO_TCP:
-                        payload = frame + 34 + ((tcp_offset >> 4) << 2)
-                        if payload >= ipend or (
-                            not tcp_first[buf[payload]]
-                            and sport not in tcp_name_ports
-                            and dport not in tcp_name_ports
-                            and ((sport << 16) | dport) not in port_pairs
-                        ):
-                            skipped += 1
-                            pos = end
-                            continue
-                    elif proto == PROTO_UDP:
-                        if (
-                            frame + 42 < ipend
-                            and udp0 & 0xC0 != 0xC0
-                            and sport not in udp_ports
-                            and dport not in udp_ports
-                        ):
-                            skipped += 1
-                            pos = end
-                            continue
-                    else:
-                        skipped += 1
-                        pos = end
-                        continue
-            sec, frac = _RECORD_TIME.unpack_from(buf, pos)
-            feed(sec + frac * resolution, linktype, buf, frame, caplen)
+            match = boring(buf, frame, end)
+            # A TCP segment with a dull first byte may still continue a stream start we are
+            # reassembling: only then is it worth reading its ports.
+            if match is not None and not (
+                port_pairs and match.lastgroup == "tcp" and ports_at(buf, match.start("tcp") + 11)[0] in port_pairs
+            ):
+                skipped += 1
+            else:
+                sec, frac = record_time(buf, pos)
+                feed(sec + frac * resolution, linktype, buf, frame, caplen)
             pos = end
         self.stats.packets += skipped
         return pos
