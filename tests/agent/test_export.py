@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import openpyxl
 import pytest
@@ -34,7 +35,14 @@ from agent._export import (
 from agent._reconcile import reconcile
 from agent._review import decide
 from fingerprints import Catalog, load_catalog
-from tests.agent.store_backends import BACKENDS, add_detection, add_endpoint, add_entry, session_on
+from tests.agent.store_backends import (
+    BACKENDS,
+    add_detection,
+    add_endpoint,
+    add_entry,
+    database_url,
+    session_on,
+)
 
 SITE = "ch-test"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -260,3 +268,64 @@ def test_empty_site(session: Session, catalog: Catalog) -> None:
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(to_cyclonedx(rows, meta).decode()) is None
     assert read_csv(to_csv(rows, meta))[1] == []
     assert "Aucun produit." in to_html(rows, meta).decode()
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def cli_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from store import open_store
+
+    with database_url(request.param, tmp_path_factory) as url:
+        store = open_store(url)
+        now = datetime.now(UTC)
+        with store.write() as session:
+            pc = add_endpoint(session, SITE, "10.1.0.10")
+            recent = (now - timedelta(hours=2), now - timedelta(hours=1))
+            add_detection(session, SITE, "openai-chatgpt", pc, seen=recent, hosts=["chatgpt.com", HOSTILE[0]])
+            add_entry(session, SITE, "INV-1", "Nabla", catalog_id="nabla")
+        store.dispose()
+        yield url
+
+
+def cli(db: str, *args: str) -> tuple[int, bytes, str]:
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"LANTERNE_DB": db, "LANTERNE_SITE": SITE})
+    return result.exit_code, result.stdout_bytes, result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "cyclonedx", "html"])
+def test_cli_text_formats_to_stdout(cli_db: str, fmt: str) -> None:
+    code, data, stderr = cli(cli_db, "export", "--format", fmt)
+    assert code == 0, stderr
+    assert "1 undeclared or unknown tool(s)" in stderr
+    if fmt == "json":
+        assert {row.product_key for row in rows_from_json(data)[1]} == {"openai-chatgpt", "nabla"}
+    elif fmt == "cyclonedx":
+        assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(data.decode()) is None
+    elif fmt == "csv":
+        assert data.startswith(b"\xef\xbb\xbf# Lanterne")
+        assert b"'=cmd" in data
+    else:
+        assert data.startswith(b"<!DOCTYPE html>")
+
+
+def test_cli_xlsx_and_exit_codes(cli_db: str, tmp_path: Path) -> None:
+    assert cli(cli_db, "export", "--format", "xlsx")[0] == 2  # binary: needs -o
+    assert cli(cli_db, "export", "--format", "pdf")[0] == 2
+    assert cli(cli_db, "export", "--format", "csv", "--tz", "Mars/Olympus")[0] == 2
+    target = tmp_path / "cartographie.xlsx"
+    code, data, stderr = cli(cli_db, "export", "-f", "xlsx", "-o", str(target), "--fail-on-findings")
+    assert code == 1  # the undeclared ChatGPT is a finding
+    assert data == b""
+    assert "wrote" in stderr
+    sheet = openpyxl.load_workbook(target)["cartographie"]
+    assert sheet.max_row == 3
+    code, _, _ = cli(cli_db, "review", "decide", "openai-chatgpt", "-d", "approved", "-r", "ok", "--by", "x")
+    assert code == 0
+    # Approved, yet still undeclared: it stays a finding until the cartographie lists it.
+    assert cli(cli_db, "export", "-f", "json", "--fail-on-findings")[0] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,14 @@ from agent._review import (
 )
 from fingerprints import Catalog, load_catalog
 from store._models import Alert, AlertReason, AlertState, ChangeLogEntry, Endpoint, ReviewDecision
-from tests.agent.store_backends import BACKENDS, add_detection, add_endpoint, add_entry, session_on
+from tests.agent.store_backends import (
+    BACKENDS,
+    add_detection,
+    add_endpoint,
+    add_entry,
+    database_url,
+    session_on,
+)
 
 SITE = "ch-test"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -206,3 +214,94 @@ def test_add_months() -> None:
     assert add_months(datetime(2027, 2, 28, tzinfo=UTC), 12) == datetime(2028, 2, 28, tzinfo=UTC)
     assert add_months(datetime(2028, 2, 29, tzinfo=UTC), 12) == datetime(2029, 2, 28, tzinfo=UTC)
     assert add_months(datetime(2026, 11, 28, tzinfo=UTC), 14) == datetime(2028, 1, 28, tzinfo=UTC)
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def cli_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from store import open_store
+
+    with database_url(request.param, tmp_path_factory) as url:
+        store = open_store(url)
+        now = datetime.now(UTC)
+        with store.write() as session:
+            pc = add_endpoint(session, SITE, "10.1.0.10")
+            add_detection(
+                session, SITE, "openai-chatgpt", pc, hosts=["chatgpt.com", "[bold red]x[/]"],
+                seen=(now - timedelta(hours=2), now - timedelta(hours=1)),
+            )  # fmt: skip
+            reconcile(session, SITE, now)
+        store.dispose()
+        yield url
+
+
+def cli(db: str, *args: str) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    env = {"LANTERNE_DB": db, "LANTERNE_SITE": SITE, "LANTERNE_USER": "rssi-test", "COLUMNS": "250"}
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_alerts_and_decisions(cli_db: str) -> None:
+    code, stdout, stderr = cli(cli_db, "alerts", "list", "--json")
+    assert code == 0, stderr
+    (alert,) = json.loads(stdout)
+    assert (alert["product_key"], alert["reason"], alert["severity"]) == (
+        "openai-chatgpt", "undeclared_observed", "high",
+    )  # fmt: skip
+    code, stdout, _ = cli(cli_db, "alerts", "list")
+    assert "openai-chatgpt" in stdout
+    code, stdout, _ = cli(cli_db, "alerts", "show", str(alert["id"]))
+    assert code == 0
+    assert "[bold red]x[/]" in stdout  # hostile markup shown as text, not interpreted
+    assert cli(cli_db, "alerts", "show", "999")[0] == 2
+
+    code, stdout, stderr = cli(
+        cli_db, "review", "decide", str(alert["id"]), "--decision", "approved_with_conditions",
+        "--reason", "Pilote aux urgences", "--conditions", "Pas de données patient",
+        "--expires", "01/06/2099", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    decided = json.loads(stdout)
+    assert decided["decided_by"] == "rssi-test"
+    assert decided["expires_at"] == "2099-06-01T00:00:00+00:00"
+    assert "next review due" in stderr
+    assert json.loads(cli(cli_db, "alerts", "list", "--json")[1]) == []
+    closed = json.loads(cli(cli_db, "alerts", "list", "--state", "all", "--json")[1])
+    assert [(a["state"], a["closed_by_review"]) for a in closed] == [("closed", decided["id"])]
+
+    code, _, stderr = cli(
+        cli_db, "review", "decide", "openai-chatgpt", "-d", "rejected_to_block", "-r", "Bloqué", "--by", "dpo"
+    )
+    assert code == 0, stderr
+    code, stdout, _ = cli(cli_db, "review", "history", "openai-chatgpt", "--json")
+    assert [(r["decision"], r["decided_by"]) for r in json.loads(stdout)] == [
+        ("approved_with_conditions", "rssi-test"), ("rejected_to_block", "dpo"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-d", "approved", "-r", ""], "needs a reason"),
+        (["-d", "bof", "-r", "x"], "unknown decision"),
+        (
+            ["-d", "approved_with_conditions", "-r", "x", "--conditions", "c"],
+            "needs the conditions and their expiry",
+        ),
+        (
+            ["-d", "approved_with_conditions", "-r", "x", "--conditions", "c", "--expires", "demain"],
+            "not a date",
+        ),
+    ],
+)
+def test_cli_decision_errors(cli_db: str, args: list[str], message: str) -> None:
+    code, _, stderr = cli(cli_db, "review", "decide", "openai-chatgpt", *args)
+    assert code == 2
+    assert message in " ".join(stderr.split())
+    assert cli(cli_db, "review", "history", "openai-chatgpt", "--json")[1].strip() == "[]"
