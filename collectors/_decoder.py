@@ -147,11 +147,20 @@ def _boring_pattern() -> re.Pattern[bytes]:
     decoded in full. ``\\Z`` is the frame's end (the match is bounded by ``endpos``): no payload.
     """
     dull_start = b"(?:" + _byte_class(_TCP_START_BYTES, negate=True) + b"|\\Z)"
-    tcp_payload = b"(?:" + b"|".join(
-        b"[" + re.escape(bytes((words << 4,))) + b"-" + re.escape(bytes(((words << 4) | 15,))) + b"]"
-        + b".{%d}" % (4 * words - 13) + dull_start
-        for words in range(5, 16)
-    ) + b")"
+    tcp_payload = (
+        b"(?:"
+        + b"|".join(
+            b"["
+            + re.escape(bytes((words << 4,)))
+            + b"-"
+            + re.escape(bytes(((words << 4) | 15,)))
+            + b"]"
+            + b".{%d}" % (4 * words - 13)
+            + dull_start
+            for words in range(5, 16)
+        )
+        + b")"
+    )
     tcp_ports = _not_ports(TCP_NAME_PORTS) + b".." + _not_ports(TCP_NAME_PORTS) + b".."
     udp_ports = _not_ports(UDP_PORTS) + b".." + _not_ports(UDP_PORTS) + b".."
     tcp = b"(?P<tcp>\\x06.{10}" + tcp_ports + b".{8}" + tcp_payload + b")"
@@ -163,11 +172,19 @@ def _boring_pattern() -> re.Pattern[bytes]:
 
 def _never_boring(buf: bytes, pos: int, endpos: int) -> None:
     """Other link types: every frame is decoded in full."""
-    return None
 
 
 _BORING: Final = _boring_pattern()
 _NEVER_BORING: Final = _never_boring
+
+# The optional C version of the scan loop (collectors/_scan.c), built with the package when a C
+# compiler is there. It applies the same rule as _BORING; the tests prove both paths agree.
+try:
+    from collectors import _scan
+except ImportError:  # pragma: no cover - exercised on installs without a compiler
+    _scan = None  # type: ignore[assignment]
+else:
+    _scan.init_start_bytes(bytes(sorted(_TCP_START_BYTES)))
 
 
 @dataclass(slots=True)
@@ -226,6 +243,8 @@ class Decoder:
         self.streams = StreamStarts()
         self.defrag = Defragmenter()
         self.quic = quic.QuicTracker()
+        #: Use the C scan loop when it is built (tests turn it off to compare both paths).
+        self.accelerated = True
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -497,25 +516,70 @@ class Decoder:
         port_pairs = self.streams.port_pairs
         record_length = _RECORD_LENGTH.unpack_from
         record_time = _RECORD_TIME.unpack_from
+        skipped = 0
+        if _scan is not None and linktype == LINKTYPE_ETHERNET and self.accelerated:
+            # The C loop skips boring frames by the same rule and stops at each frame to decode
+            # (a decoded frame may open a stream, which changes what the next ones are).
+            scan = _scan.scan_pcap
+            transport = self.transport
+            stats = self.stats
+            while True:
+                pos, skipped_now, hit, l4 = scan(buf, pos, limit, port_pairs)
+                skipped += skipped_now
+                if hit < 0:
+                    break
+                caplen = record_length(buf, hit + 8)[0]
+                if caplen > MAX_FRAME:
+                    raise CaptureFormatError(f"corrupt pcap record (length {caplen})")
+                sec, frac = record_time(buf, hit)
+                frame = hit + 16
+                pos = frame + caplen
+                ip = l4 - 20
+                total = (buf[ip + 2] << 8) | buf[ip + 3] if l4 else 0
+                if total < 20:  # not plain IPv4 TCP/UDP (or a bad length): the full path decides
+                    feed(sec + frac * resolution, linktype, buf, frame, caplen)
+                    continue
+                # Plain IPv4 (the C loop checked Ethernet, one optional 802.1Q tag, IHL 5, no
+                # fragment): go straight to the transport layer instead of re-reading headers.
+                stats.packets += 1
+                vlan = ((buf[frame + 14] << 8) | buf[frame + 15]) & 0x0FFF if ip != frame + 14 else None
+                transport(
+                    sec + frac * resolution,
+                    buf,
+                    socket.AF_INET,
+                    ip + 12,
+                    4,
+                    buf[frame + 6 : frame + 12],
+                    buf[frame : frame + 6],
+                    vlan,
+                    buf[ip + 9],
+                    l4,
+                    ip + total if ip + total < pos else pos,
+                )
+            self.stats.packets += skipped
+            return pos
         boring = _BORING.match if linktype == LINKTYPE_ETHERNET else _NEVER_BORING
         ports_at = _PORTS.unpack_from
-        skipped = 0
         while True:
             frame = pos + 16
             if frame > limit:
                 break
             caplen = record_length(buf, pos + 8)[0]
+            if caplen > MAX_FRAME:
+                raise CaptureFormatError(f"corrupt pcap record (length {caplen})")
             end = frame + caplen
             if end > limit:
-                if caplen > MAX_FRAME:
-                    raise CaptureFormatError(f"corrupt pcap record (length {caplen})")
                 break
             match = boring(buf, frame, end)
             # A TCP segment with a dull first byte may still continue a stream start we are
             # reassembling: only then is it worth reading its ports.
-            if match is not None and not (
-                port_pairs and match.lastgroup == "tcp" and ports_at(buf, match.start("tcp") + 11)[0] in port_pairs
-            ):
+            continues_stream = (
+                port_pairs
+                and match is not None
+                and match.lastgroup == "tcp"
+                and ports_at(buf, match.start("tcp") + 11)[0] in port_pairs
+            )
+            if match is not None and not continues_stream:
                 skipped += 1
             else:
                 sec, frac = record_time(buf, pos)

@@ -170,7 +170,7 @@ class Endpoint:
         ``bytes.hex(":")`` of six bytes, ``port`` from two bytes of a header.
         """
         endpoint: Endpoint = _new(cls)
-        _EP_IP(endpoint, ip if ip is None or "." in ip and ":" not in ip else canonical_ip(ip))
+        _EP_IP(endpoint, ip if ip is None or ("." in ip and ":" not in ip) else canonical_ip(ip))
         _EP_MAC(endpoint, mac)
         _EP_PORT(endpoint, port)
         return endpoint
@@ -222,10 +222,10 @@ _GOOD_ORIGINS: set[tuple[str, str]] = set()
 
 def _check_origin(source: object, agent: object) -> None:
     for name, text in (("source", source), ("agent", agent)):
-        if text.__class__ is not str or not text or len(text) > 64 or not text.isprintable():  # type: ignore[arg-type]
+        if not isinstance(text, str) or not text or len(text) > 64 or not text.isprintable():
             raise InvalidObservation(f"{name} must be a short printable name")
     if len(_GOOD_ORIGINS) < 256:
-        _GOOD_ORIGINS.add((source, agent))  # type: ignore[arg-type]
+        _GOOD_ORIGINS.add((str(source), str(agent)))
 
 
 #: Attribute names already validated (they come from code, so the set stays small; bounded anyway).
@@ -234,7 +234,7 @@ _MAX_GOOD_KEYS: Final = 1024
 
 
 def _normalise_attrs(attrs: Mapping[str, object]) -> dict[str, AttrValue]:
-    if not isinstance(attrs, Mapping):
+    if attrs.__class__ is not dict and not isinstance(attrs, Mapping):
         raise InvalidObservation("attrs must be a mapping")
     if len(attrs) > MAX_ATTRS:
         raise InvalidObservation(f"too many attributes ({len(attrs)} > {MAX_ATTRS})")
@@ -246,7 +246,10 @@ def _normalise_attrs(attrs: Mapping[str, object]) -> dict[str, AttrValue]:
             if len(_GOOD_KEYS) < _MAX_GOOD_KEYS:
                 _GOOD_KEYS.add(key)
         if value.__class__ is str:
-            clean[key] = printable(value, MAX_ATTR_STR)
+            fits = len(value) <= MAX_ATTR_STR and value.isprintable()
+            clean[key] = value if fits else printable(value, MAX_ATTR_STR)
+        elif value.__class__ is int or value is None or value.__class__ is bool:
+            clean[key] = value
         else:
             clean[key] = _normalise_attr_value(key, value)
     return clean
@@ -294,12 +297,19 @@ class Observation:
             if isinstance(ts, bool) or not isinstance(ts, int | float):
                 raise InvalidObservation(f"timestamp must be a number, not {ts!r}")
             ts = float(ts)
-        if not math.isfinite(ts):
+        if ts - ts != 0.0:  # inf - inf and nan - nan are nan: not finite (cheaper than math.isfinite)
             raise InvalidObservation("timestamp must be finite")
         _OBS_TS(self, ts)
         if value.__class__ is not str:
             raise InvalidObservation(f"value must be text, not {type(value).__name__}")
-        value = normalise_name(value) if kind in NAME_KINDS else printable(value.strip())
+        if kind in NAME_KINDS:
+            value = value.strip().lower()
+            if value[-1:] == "." or len(value) > MAX_NAME_LEN or not value.isprintable():
+                value = normalise_name(value)
+        else:
+            value = value.strip()
+            if len(value) > MAX_VALUE_LEN or not value.isprintable():
+                value = printable(value)
         if not value:
             raise InvalidObservation(f"empty value for {kind}")
         _OBS_VALUE(self, value)
