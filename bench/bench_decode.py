@@ -133,7 +133,7 @@ def main() -> int:
         f"machine load {os.getloadavg()[0]:.2f}\n"
     )
     print(
-        f"{'method':36} {'wall s':>8} {'cpu s':>8} {'pkt/s (cpu)':>13} {'pkt/s (wall)':>13} {'lanterne ×':>11}"
+        f"{'method':36} {'wall s':>8} {'cpu s':>8} {'pkt/s (cpu)':>13} {'pkt/s (wall)':>13} {'lanterne x':>11}"
     )
     for name, wall, cpu in rows:
         print(
@@ -144,7 +144,7 @@ def main() -> int:
         f"\nfound: {best['counts']} (truth: dns={truth['dns']}, sni={truth['sni']}, host={truth['host']}); "
         f"malformed={best['malformed']}, observations={best['observations']}"
     )
-    print("targets: ≥ 400,000 packets/s decoding on one core, ≥ 12× tshark, ≥ 5× ndpiReader")
+    print("targets: ≥ 400,000 packets/s decoding on one core, ≥ 12x tshark, ≥ 5x ndpiReader")
     if missing:
         print(f"FAIL: counts differ from the truth file: {missing}", file=sys.stderr)
         return 1

@@ -40,13 +40,4 @@ class PacketContext:
             src, dst = src or self.src, dst or self.dst
         if self.vlan is not None:
             attrs = {**attrs, "vlan": self.vlan} if attrs else {"vlan": self.vlan}
-        return Observation(
-            ts=self.ts,
-            kind=kind,
-            value=value,
-            src=src,
-            dst=dst,
-            attrs=attrs if attrs is not None else {},
-            source=self.source,
-            agent=self.agent,
-        )
+        return Observation(self.ts, kind, value, src, dst, attrs, self.source, self.agent)
