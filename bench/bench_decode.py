@@ -133,7 +133,8 @@ def main() -> int:
         f"machine load {os.getloadavg()[0]:.2f}\n"
     )
     print(
-        f"{'method':36} {'wall s':>8} {'cpu s':>8} {'pkt/s (cpu)':>13} {'pkt/s (wall)':>13} {'lanterne x':>11}"
+        f"{'method':36} {'wall s':>8} {'cpu s':>8} {'pkt/s (cpu)':>13} {'pkt/s (wall)':>13}"
+        f" {'lanterne x':>11}"
     )
     for name, wall, cpu in rows:
         print(
