@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agent import cli_export, cli_fingerprints, cli_inventory, cli_review
+from agent import cli_export, cli_fingerprints, cli_inventory, cli_review, cli_scan
 from agent._cli_common import EXIT_USAGE, AgentOption, default_agent_name, err
 from collectors import CaptureFormatError, DecodeStats, decode_file
 
@@ -29,6 +29,7 @@ app.add_typer(cli_inventory.app, name="inventory")
 app.add_typer(cli_review.alerts_app, name="alerts")
 app.add_typer(cli_review.review_app, name="review")
 app.command("export")(cli_export.export)
+app.command("scan")(cli_scan.scan)
 
 
 @app.callback()

@@ -1,0 +1,284 @@
+"""The scan pipeline: decode, match, aggregate, store, one capture file at a time.
+
+Each file is one transaction: its windows, its endpoints and detections and its
+``ingested_files`` row commit together or not at all. A scan killed half-way (even by SIGKILL)
+leaves the database as it was before that file, and running it again finishes with the same
+counts as an uninterrupted run; a file already ingested (same SHA-256 of its content) is
+skipped, so re-running never counts anything twice.
+
+The hash is computed by a thread beside the decoder (``hashlib`` releases the GIL on large
+buffers): a file found already ingested stops being decoded as soon as its hash is known.
+The write transaction opens at the first flush only, so a long decode does not hold SQLite's
+write lock; identity resolution starts afresh for each file, so a file's result depends only on
+the database and the file (a re-run after a crash sees what the uninterrupted run saw).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from pathlib import Path
+from typing import BinaryIO, Final, cast
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from agent._aggregate import Aggregator, FlushResult, StoreWriter
+from agent._identity import IdentityResolver, Pseudonymiser
+from agent._reconcile import DEFAULT_LOOKBACK, ReconcileConfig, ReconcileResult, reconcile
+from collectors import DecodeStats, Observation, decode_stream
+from fingerprints import Index
+from store import Detection, IngestedFile, Store
+
+#: Distinct keys per window before a scan flushes into its (still open) file transaction.
+FLUSH_AT: Final = 100_000
+#: Observations taken from the decoder between two checks of the window size and the hash.
+_BATCH: Final = 4096
+_HASH_BLOCK: Final = 1 << 22
+
+Progress = Callable[[int], None]
+"""Called with the number of bytes of the current file read so far."""
+
+
+class AlreadyIngested(Exception):
+    """The file's content was scanned before: stop decoding it."""
+
+
+@dataclass(slots=True)
+class FileScan:
+    """What scanning one file did."""
+
+    path: Path
+    size: int
+    sha256: str = ""
+    skipped: bool = False
+    """Already ingested (same content): nothing was written."""
+    error: str | None = None
+    decode: DecodeStats = field(default_factory=DecodeStats)
+    stored: FlushResult = field(default_factory=FlushResult)
+    shed: int = 0
+    windows: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class ScanReport:
+    """What a whole ``lanterne scan`` did, reconciliation included."""
+
+    files: list[FileScan] = field(default_factory=list)
+    reconciliation: ReconcileResult | None = None
+    lookback: timedelta | None = None
+
+    @property
+    def stored(self) -> FlushResult:
+        """The stored results of every file, added up."""
+        total = FlushResult()
+        for item in self.files:
+            total.add(item.stored)
+        return total
+
+    @property
+    def packets(self) -> int:
+        """Packets read in all files that were decoded."""
+        return sum(item.decode.packets for item in self.files)
+
+    @property
+    def observations(self) -> int:
+        """Observations decoded in all files."""
+        return sum(item.decode.observations for item in self.files)
+
+
+class _HashingThread(threading.Thread):
+    """SHA-256 of a file, computed beside the decoder."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name=f"sha256 {path.name}", daemon=True)
+        self.path = path
+        self.digest: str | None = None
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        """Hash the file (hashlib releases the GIL on each block)."""
+        try:
+            hasher = hashlib.sha256()
+            with open(self.path, "rb") as handle:
+                while block := handle.read(_HASH_BLOCK):
+                    hasher.update(block)
+            self.digest = hasher.hexdigest()
+        except OSError as exc:
+            self.error = exc
+
+
+class _Reader:
+    """A read-only file that reports progress and stops when the content turns out to be known."""
+
+    def __init__(self, handle: BinaryIO, progress: Progress | None, check: Callable[[], None]) -> None:
+        self._handle = handle
+        self._progress = progress
+        self._check = check
+        self.done = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Read like a file."""
+        self._check()
+        data = self._handle.read(size)
+        self.done += len(data)
+        if self._progress is not None:
+            self._progress(self.done)
+        return data
+
+
+def _ingested(session: Session, digest: str) -> bool:
+    return session.scalar(select(IngestedFile.sha256).where(IngestedFile.sha256 == digest)) is not None
+
+
+class Scanner:
+    """Scans capture files into one store for one site and agent."""
+
+    def __init__(
+        self,
+        store: Store,
+        index: Index,
+        *,
+        site: str,
+        agent: str,
+        pseudonymiser: Pseudonymiser | None = None,
+        flush_at: int = FLUSH_AT,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.site = site
+        self.agent = agent
+        self.pseudonymiser = pseudonymiser
+        self.flush_at = flush_at
+
+    def scan(self, path: Path, *, progress: Progress | None = None) -> FileScan:
+        """Scan one file in one transaction; raise OSError or CaptureFormatError if it cannot be read."""
+        started = time.perf_counter()
+        report = FileScan(path=path, size=path.stat().st_size)
+        hashing = _HashingThread(path)
+        if self._size_known(report.size):
+            # Probably a re-run: hash first, and skip without decoding anything if it is.
+            hashing.run()
+            if hashing.error is not None:
+                raise hashing.error
+            assert hashing.digest is not None
+            with self.store.session() as reader:
+                if _ingested(reader, hashing.digest):
+                    report.sha256, report.skipped = hashing.digest, True
+                    report.seconds = time.perf_counter() - started
+                    return report
+        else:
+            hashing.start()
+        checked = False
+
+        def check() -> None:
+            nonlocal checked
+            if checked or hashing.is_alive() or hashing.digest is None:
+                return
+            checked = True
+            with self.store.session() as reader:
+                if _ingested(reader, hashing.digest):
+                    raise AlreadyIngested
+
+        resolver = IdentityResolver(self.site, pseudonymiser=self.pseudonymiser)
+        writer = StoreWriter(self.index, site=self.site, agent=self.agent, resolver=resolver)
+        aggregator = Aggregator(self.index, max_keys=max(self.flush_at + _BATCH, 1))
+        try:
+            with ExitStack() as stack, open(path, "rb") as handle:
+                session: Session | None = None
+                observations = decode_stream(
+                    cast(BinaryIO, _Reader(handle, progress, check)),
+                    agent=self.agent,
+                    source="pcap",
+                    stats=report.decode,
+                )
+                for batch in _batches(observations):
+                    aggregator.add_all(batch)
+                    if len(aggregator) >= self.flush_at:
+                        if session is None:
+                            session = stack.enter_context(self.store.write())
+                        report.stored.add(writer.write(session, aggregator.drain()))
+                if hashing.is_alive():
+                    hashing.join()
+                if hashing.error is not None:
+                    raise hashing.error
+                assert hashing.digest is not None
+                report.sha256 = hashing.digest
+                if session is None:
+                    session = stack.enter_context(self.store.write())
+                if _ingested(session, report.sha256):  # another scan got there first
+                    raise AlreadyIngested
+                report.stored.add(writer.write(session, aggregator.drain()))
+                session.add(
+                    IngestedFile(
+                        sha256=report.sha256,
+                        path=str(path)[:4096],
+                        size=report.size,
+                        agent=self.agent,
+                        packets=report.decode.packets,
+                        observations=report.decode.observations,
+                        ingested_at=datetime.now(UTC),
+                    )
+                )
+        except AlreadyIngested:
+            report = FileScan(path=path, size=report.size, sha256=hashing.digest or "", skipped=True)
+        finally:
+            if hashing.is_alive():
+                hashing.join()
+        report.shed = aggregator.stats.shed_observations
+        report.windows = aggregator.stats.windows
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _size_known(self, size: int) -> bool:
+        with self.store.session() as session:
+            return (
+                session.scalar(select(IngestedFile.sha256).where(IngestedFile.size == size).limit(1))
+                is not None
+            )
+
+    def lookback(self, now: datetime, days: int | None) -> timedelta:
+        """The look-back of the reconciliation after a scan.
+
+        Given: ``days``. Otherwise reconciliation's default, counted back from the site's newest
+        detection when that is older than the default: a site fed only with old captures is
+        reconciled on its latest data, and running the same scan again gives the same answer.
+        """
+        if days is not None:
+            return timedelta(days=days)
+        with self.store.session() as session:
+            newest = session.scalar(select(func.max(Detection.last_seen)).where(Detection.site == self.site))
+        if newest is None or newest >= now - DEFAULT_LOOKBACK:
+            return DEFAULT_LOOKBACK
+        return DEFAULT_LOOKBACK + timedelta(days=math.ceil((now - newest) / timedelta(days=1)))
+
+    def reconcile(self, now: datetime, lookback: timedelta) -> ReconcileResult:
+        """Reconcile the site (its own transaction) after the files are in."""
+        with self.store.write() as session:
+            return reconcile(
+                session, self.site, now, config=ReconcileConfig(lookback=lookback), catalog=self.index.catalog
+            )
+
+
+def _batches(observations: Iterator[Observation]) -> Iterator[list[Observation]]:
+    while batch := list(islice(observations, _BATCH)):
+        yield batch
+
+
+def lookback_for(files: Sequence[FileScan], now: datetime, days: int | None) -> timedelta:
+    """A look-back reaching the newest traffic of ``files`` (``Scanner.lookback`` covers skipped ones too)."""
+    if days is not None:
+        return timedelta(days=days)
+    newest = [item.stored.last_ts for item in files if item.stored.last_ts is not None]
+    if not newest:
+        return DEFAULT_LOOKBACK
+    age = now - datetime.fromtimestamp(max(newest), UTC)
+    return max(DEFAULT_LOOKBACK, DEFAULT_LOOKBACK + timedelta(days=math.ceil(age / timedelta(days=1))))

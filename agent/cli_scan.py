@@ -1,0 +1,264 @@
+"""``lanterne scan FILE…``: ingest captures into the store, then reconcile the site.
+
+Each file is decoded, matched, aggregated and stored in one transaction; a file whose content
+was already ingested is skipped (said on stderr), so re-running a scan counts nothing twice.
+Then the site is reconciled and a summary goes to stderr (``--json``: the same on stdout).
+Exit codes: 0 clean; 1 with ``--fail-on-findings`` when undeclared or unknown tools are found;
+2 when a file cannot be read or the database cannot be used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from agent._cli_common import (
+    DEFAULT_SITE,
+    EXIT_FINDINGS,
+    EXIT_USAGE,
+    AgentOption,
+    DbOption,
+    SiteOption,
+    default_agent_name,
+    default_db_url,
+    err,
+    fatal,
+)
+from agent._identity import Pseudonymiser
+from agent._pipeline import FileScan, Scanner, ScanReport
+from collectors import CaptureFormatError
+from fingerprints import CatalogError, default_index
+from store import ReconciliationStatus, StoreError, open_store
+
+#: Files at least this large get a progress bar (when stderr is a terminal).
+PROGRESS_MIN_BYTES: Final = 16 << 20
+#: Statuses that ``--fail-on-findings`` fails on: shadow IT and unnamed AI or medical devices.
+FINDINGS: Final = (ReconciliationStatus.UNDECLARED_OBSERVED, ReconciliationStatus.UNKNOWN_OBSERVED)
+PSEUDONYM_KEY_ENV: Final = "LANTERNE_PSEUDONYM_KEY"
+
+
+def _pseudonymiser(enabled: bool) -> Pseudonymiser | None:
+    if not enabled:
+        return None
+    key = os.environ.get(PSEUDONYM_KEY_ENV, "")
+    try:
+        return Pseudonymiser(key.encode("utf-8"))
+    except ValueError:
+        fatal(
+            f"pseudonymous mode needs a key of at least 16 bytes in ${PSEUDONYM_KEY_ENV}",
+            tip="generate one with: python -c 'import secrets; print(secrets.token_hex(32))', keep it secret "
+            "and stable (another key gives other pseudonyms)",
+        )
+
+
+@contextmanager
+def _progress(files: list[Path], enabled: bool | None) -> Iterator[Progress | None]:
+    """A byte progress bar on stderr for long files (auto: when stderr is a terminal)."""
+    sizes = [path.stat().st_size for path in files if path.is_file()]
+    show = enabled if enabled is not None else err.is_terminal and max(sizes, default=0) >= PROGRESS_MIN_BYTES
+    if not show:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        yield progress
+
+
+def scan(
+    files: Annotated[
+        list[Path], typer.Argument(help="pcap or pcapng captures (Zeek logs later).", show_default=False)
+    ],
+    db: DbOption = None,
+    site: SiteOption = DEFAULT_SITE,
+    agent: AgentOption = None,
+    lookback_days: Annotated[
+        int | None,
+        typer.Option(
+            "--lookback-days",
+            envvar="LANTERNE_LOOKBACK_DAYS",
+            min=1,
+            help="Reconciliation look-back (default: 30 days back from the site's newest detection).",
+            show_default=False,
+        ),
+    ] = None,
+    fail_on_findings: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-findings",
+            envvar="LANTERNE_FAIL_ON_FINDINGS",
+            help="Exit 1 when undeclared or unknown tools are found at the site.",
+        ),
+    ] = False,
+    pseudonymous: Annotated[
+        bool,
+        typer.Option(
+            "--pseudonymous/--no-pseudonymous",
+            envvar="LANTERNE_PSEUDONYMOUS",
+            help=f"Store client MACs, addresses and names as keyed hashes (key in ${PSEUDONYM_KEY_ENV}).",
+        ),
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            envvar="LANTERNE_PROGRESS",
+            help="Progress bar on stderr (default: for long files on a terminal).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="LANTERNE_JSON", help="Also print the summary as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Ingest captures: observe, match, store, reconcile; print a summary."""
+    agent_name = agent or default_agent_name()
+    pseudonymiser = _pseudonymiser(pseudonymous)
+    try:
+        index = default_index()
+    except CatalogError as exc:
+        fatal(f"the fingerprint catalogue does not load: {exc}", tip="run: lanterne fingerprints test")
+    try:
+        store = open_store(db or default_db_url())
+    except StoreError as exc:
+        fatal(str(exc), tip="check --db / LANTERNE_DB (sqlite:///path.db or postgresql://user@host/db)")
+    report = ScanReport()
+    failed = False
+    try:
+        scanner = Scanner(store, index, site=site, agent=agent_name, pseudonymiser=pseudonymiser)
+        with _progress(files, progress) as bar:
+            for path in files:
+                task = None
+                if bar is not None and path.is_file():
+                    task = bar.add_task(escape(path.name), total=path.stat().st_size)
+
+                def advance(done: int, task: Any = task) -> None:
+                    if bar is not None and task is not None:
+                        bar.update(task, completed=done)
+
+                try:
+                    result = scanner.scan(path, progress=advance)
+                except (OSError, CaptureFormatError) as exc:
+                    failed = True
+                    report.files.append(FileScan(path=path, size=0, error=str(exc)))
+                    err.print(f"[red]{escape(str(path))}:[/] {escape(str(exc))}")
+                    continue
+                finally:
+                    if bar is not None and task is not None:
+                        bar.remove_task(task)
+                report.files.append(result)
+                if result.skipped:
+                    err.print(
+                        f"{escape(str(path))}: already ingested (sha256 {result.sha256[:16]}…): skipped",
+                        highlight=False,
+                    )
+        now = datetime.now(UTC)
+        report.lookback = scanner.lookback(now, lookback_days)
+        report.reconciliation = scanner.reconcile(now, report.lookback)
+    except StoreError as exc:
+        fatal(str(exc))
+    finally:
+        store.dispose()
+    _print_summary(report)
+    if as_json:
+        sys.stdout.write(json.dumps(summary_dict(report), ensure_ascii=False, indent=1) + "\n")
+    if failed:
+        raise typer.Exit(EXIT_USAGE)
+    findings = report.reconciliation is not None and any(
+        report.reconciliation.count(status) for status in FINDINGS
+    )
+    if fail_on_findings and findings:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def summary_dict(report: ScanReport) -> dict[str, Any]:
+    """The scan summary as plain data (``--json``)."""
+    stored = report.stored
+    reconciliation = report.reconciliation
+    return {
+        "files": [
+            {
+                "path": str(item.path),
+                "sha256": item.sha256 or None,
+                "size": item.size,
+                "status": "failed" if item.error else "skipped" if item.skipped else "scanned",
+                "error": item.error,
+                "packets": item.decode.packets,
+                "observations": item.decode.observations,
+                "seconds": round(item.seconds, 3),
+            }
+            for item in report.files
+        ],
+        "packets": report.packets,
+        "observations": report.observations,
+        "stored_observations": stored.observations,
+        "unattributed_observations": stored.unattributed,
+        "shed_observations": sum(item.shed for item in report.files),
+        "endpoints": len(stored.endpoints),
+        "new_endpoints": stored.created,
+        "merged_endpoints": stored.merged,
+        "detections": {key: len(ids) for key, ids in sorted(stored.detections.items())},
+        "lookback_days": None if report.lookback is None else report.lookback.days,
+        "reconciliation": None
+        if reconciliation is None
+        else {str(status): reconciliation.count(status) for status in ReconciliationStatus},
+        "alerts_raised": None if reconciliation is None else len(reconciliation.raised),
+        "alerts_closed": None if reconciliation is None else len(reconciliation.closed),
+    }
+
+
+def _print_summary(report: ScanReport) -> None:
+    data = summary_dict(report)
+    statuses = [item["status"] for item in data["files"]]
+    table = Table(title="scan summary", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row(
+        "files",
+        f"{statuses.count('scanned')} scanned, {statuses.count('skipped')} already ingested, "
+        f"{statuses.count('failed')} failed",
+    )
+    table.add_row("packets", str(data["packets"]))
+    table.add_row("observations", str(data["observations"]))
+    table.add_row("  stored", str(data["stored_observations"]))
+    if data["unattributed_observations"]:
+        table.add_row("  no identity (remote, unbound)", str(data["unattributed_observations"]))
+    if data["shed_observations"]:
+        table.add_row("  shed (window full)", str(data["shed_observations"]))
+    table.add_row(
+        "endpoints", f"{data['endpoints']} ({data['new_endpoints']} new, {data['merged_endpoints']} merged)"
+    )
+    if data["detections"]:
+        table.add_row("detections (endpoints)", "")
+        for key, count in data["detections"].items():
+            table.add_row(f"  {escape(key)}", str(count))
+    if data["reconciliation"] is not None:
+        table.add_row(f"reconciliation ({data['lookback_days']} days)", "")
+        for status, count in data["reconciliation"].items():
+            table.add_row(f"  {status}", str(count))
+        table.add_row("alerts raised / closed", f"{data['alerts_raised']} / {data['alerts_closed']}")
+    err.print(table)
