@@ -18,6 +18,8 @@ Alembic migrations (``store/migrations``), never ``create_all`` on an existing d
 from __future__ import annotations
 
 import enum
+import math
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -63,11 +65,13 @@ class UtcDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Convert to UTC before storing."""
-        if value is None or value.tzinfo is None:
-            return value
-        return value.astimezone(UTC)
+    def process_bind_param(self, value: datetime | float | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC before storing (epoch seconds are accepted too: bulk writers count in them)."""
+        if value is None:
+            return None
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        return value if value.tzinfo is None else value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         """Return an aware UTC datetime."""
@@ -80,9 +84,13 @@ class UtcDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
 
-        def process(value: datetime | None) -> str | None:
+        def process(value: datetime | float | None) -> str | None:
             if value is None:
                 return None
+            if value.__class__ is float:
+                return _epoch_text(value)
+            if isinstance(value, int | float):
+                return _epoch_text(float(value))
             if value.tzinfo is None:
                 return value.isoformat(" ", "microseconds")
             if value.tzinfo is not UTC:
@@ -106,6 +114,23 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 UTC_DATETIME = UtcDateTime()
+
+#: ``YYYY-MM-DD HH:MM:SS`` of recent whole seconds: a capture writes many times within each second.
+_SECOND_TEXT: dict[int, str] = {}
+
+
+def _epoch_text(ts: float) -> str:
+    """Epoch seconds as SQLite's stored text (what ``UtcDateTime`` writes for a datetime)."""
+    second = math.floor(ts)
+    micro = round((ts - second) * 1e6)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    text = _SECOND_TEXT.get(second)
+    if text is None:
+        if len(_SECOND_TEXT) >= 65_536:
+            _SECOND_TEXT.clear()
+        text = _SECOND_TEXT[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+    return f"{text}.{micro:06d}"
 
 
 class Base(DeclarativeBase):
