@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agent import cli_export, cli_fingerprints, cli_inventory, cli_review, cli_scan
+from agent import cli_demo, cli_export, cli_fingerprints, cli_inventory, cli_review, cli_scan
 from agent._cli_common import EXIT_USAGE, AgentOption, default_agent_name, err
 from collectors import CaptureFormatError, DecodeStats, decode_file
 
@@ -24,6 +24,7 @@ app = typer.Typer(
     help="Find the AI tools and medical devices used on a hospital network but missing from its inventory.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command("demo")(cli_demo.demo)
 app.add_typer(cli_fingerprints.app, name="fingerprints")
 app.add_typer(cli_inventory.app, name="inventory")
 app.add_typer(cli_review.alerts_app, name="alerts")

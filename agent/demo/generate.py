@@ -721,15 +721,15 @@ def scenario(cap: Capture) -> None:
     for minute in (5, 13, 21, 30, 38):
         cap.https(at + 60 * minute + 17, PC_URG_07, "eu.api.nabla.com", 8)
 
-    # Administration: DeepL's API (declared, SaaS), and Mistral's cloud API where an on-premise model
-    # was declared.
+    # Administration: DeepL's API (declared, SaaS), and Mistral's cloud API (declared by nobody).
     for minute in (8, 19, 34):
         cap.https(at + 60 * minute + 9, PC_ADM_03, "api.deepl.com", 3)
     for minute in (10, 26):
         cap.https(at + 60 * minute + 41, PC_ADM_04, "api.mistral.ai", 3)
 
     # Radiology: the PACS routes CT studies to the imaging-AI gateway (the PACS calls), the gateway
-    # sends its results back (the gateway calls) and talks to the AI vendor's cloud over HTTPS.
+    # sends its results back (the gateway calls) and talks to the AI vendor's cloud over HTTPS: the
+    # inventory declares it on-premise ("images never leave the hospital").
     for minute in (3, 17, 32):
         t = dicom_store(
             cap,
