@@ -272,6 +272,7 @@ SHARED_ZONES: Final = frozenset(
         "b-cdn.net",
         "cloudflare.com",
         "cloudflare.net",
+        "cloud.microsoft",  # every Microsoft 365 app (copilot.cloud.microsoft is one exact host)
         "cloudfront.net",
         "cloudinary.com",
         "datadoghq.com",
