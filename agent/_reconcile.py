@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final
 
 from sqlalchemy import select
@@ -95,6 +96,46 @@ class ObservedProduct:
     vlans: set[int] = field(default_factory=set)
     roles: set[str] = field(default_factory=set)
     observations: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """What matching needs of an active inventory entry (plain values: matching tries every pair)."""
+
+    id: int
+    ref: str
+    name: str
+    vendor: str | None
+    category: str | None
+    catalog_id: str | None
+    service: str | None
+    is_ai: bool | None
+    is_dmn: bool | None
+    deployment: str | None
+    hosts: tuple[str, ...]
+    ips: frozenset[str]
+    macs: frozenset[str]
+    ae_titles: frozenset[str]
+
+    @classmethod
+    def of(cls, entry: InventoryEntry) -> Declared:
+        """Snapshot an entry."""
+        return cls(
+            id=entry.id,
+            ref=entry.ref,
+            name=entry.name,
+            vendor=entry.vendor,
+            category=entry.category,
+            catalog_id=entry.catalog_id,
+            service=entry.service,
+            is_ai=entry.is_ai,
+            is_dmn=entry.is_dmn,
+            deployment=entry.deployment,
+            hosts=tuple(entry.hosts or ()),
+            ips=frozenset(entry.ips or ()),
+            macs=frozenset(entry.macs or ()),
+            ae_titles=frozenset(entry.ae_titles or ()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,10 +343,12 @@ def _host_declared(seen: str, declared: Iterable[str]) -> bool:
     return False
 
 
-def _words(text: str | None) -> set[str]:
-    return set(_WORD.findall(fold(text or ""))) - GENERIC_WORDS
+@lru_cache(maxsize=65536)
+def _words(text: str | None) -> frozenset[str]:
+    return frozenset(_WORD.findall(fold(text or ""))) - GENERIC_WORDS
 
 
+@lru_cache(maxsize=65536)  # every (product, entry) pair asks: the pairs of names repeat
 def _vendors_agree(a: str | None, b: str | None) -> bool:
     fa, fb = fold(a or ""), fold(b or "")
     return bool(fa) and bool(fb) and (fa == fb or f" {fa} " in f" {fb} " or f" {fb} " in f" {fa} ")
@@ -313,7 +356,7 @@ def _vendors_agree(a: str | None, b: str | None) -> bool:
 
 def _match_level(
     group: ObservedProduct,
-    entry: InventoryEntry,
+    entry: Declared,
     product: Product | None,
     catalog: Catalog,
     observed_ids: set[str],
@@ -345,14 +388,14 @@ def _match_level(
     return 3 if not identified and _vendors_agree(entry.vendor, group.vendor) else None
 
 
-def _identifiers_match(group: ObservedProduct, entry: InventoryEntry, product: Product | None) -> bool:
-    if any(_host_declared(host, entry.hosts or ()) for host in group.hosts):
+def _identifiers_match(group: ObservedProduct, entry: Declared, product: Product | None) -> bool:
+    if entry.hosts and any(_host_declared(host, entry.hosts) for host in group.hosts):
         return True
-    if group.ae_titles & set(entry.ae_titles or ()):
+    if group.ae_titles & entry.ae_titles:
         return True
     if product is not None and str(product.deployment) == "saas":
         return False
-    return bool(group.ips & set(entry.ips or ()) or group.macs & set(entry.macs or ()))
+    return bool(group.ips & entry.ips or group.macs & entry.macs)
 
 
 def _split_services(text: str | None) -> set[str]:
@@ -360,7 +403,7 @@ def _split_services(text: str | None) -> set[str]:
 
 
 def _mismatch(
-    group: ObservedProduct, entries: Sequence[InventoryEntry], product: Product | None
+    group: ObservedProduct, entries: Sequence[Declared], product: Product | None
 ) -> str | None:
     reasons: list[str] = []
     declared_hosts = [host for entry in entries for host in entry.hosts or ()]
@@ -411,19 +454,20 @@ def compute(
     config = config or ReconcileConfig()
     catalog = catalog or load_catalog()
     groups = observed_products(session, site, now, config.lookback)
-    entries = list(
-        session.scalars(
+    entries = [
+        Declared.of(entry)
+        for entry in session.scalars(
             select(InventoryEntry)
             .where(InventoryEntry.site == site, InventoryEntry.active.is_(True))
             .order_by(InventoryEntry.ref, InventoryEntry.id)
         )
-    )
+    ]
     observed_ids = {group.product_id for group in groups.values() if group.product_id != UNKNOWN}
     matched: set[int] = set()
     products: list[ReconciledProduct] = []
     for key, group in groups.items():
         product = catalog.by_id.get(group.product_id)
-        best: list[InventoryEntry] = []
+        best: list[Declared] = []
         best_level = 4
         for entry in entries:
             level = _match_level(group, entry, product, catalog, observed_ids)
@@ -447,7 +491,7 @@ def compute(
             )
         products.append(_observed_row(key, group, product, best, status, mismatch))
 
-    unobserved: dict[str, list[InventoryEntry]] = {}
+    unobserved: dict[str, list[Declared]] = {}
     for entry in entries:
         if entry.id not in matched:
             unobserved.setdefault(entry.catalog_id or f"entry:{entry.ref}", []).append(entry)
@@ -463,7 +507,7 @@ def _observed_row(
     key: str,
     group: ObservedProduct,
     product: Product | None,
-    entries: Sequence[InventoryEntry],
+    entries: Sequence[Declared],
     status: ReconciliationStatus,
     mismatch: str | None,
 ) -> ReconciledProduct:
@@ -504,7 +548,7 @@ def _observed_row(
     )
 
 
-def _declared_row(key: str, entries: Sequence[InventoryEntry], product: Product | None) -> ReconciledProduct:
+def _declared_row(key: str, entries: Sequence[Declared], product: Product | None) -> ReconciledProduct:
     first = entries[0]
     # What people declared wins over the catalogue's general facts.
     is_ai, is_medical = first.is_ai, first.is_dmn

@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,6 +57,7 @@ GENERIC_WORDS: Final = frozenset(_GENERIC.split())
 DEPLOYMENTS: Final = ("saas", "on_prem", "hybrid", "embedded_device", "desktop", "unknown")
 
 
+@lru_cache(maxsize=65536)
 def fold(text: str) -> str:
     """Fold text for comparisons: case, accents, punctuation and spacing do not count."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
@@ -569,11 +571,17 @@ def _vendor_agrees(declared: str, known: str) -> bool:
     return bool(declared) and (declared in known or known in declared)
 
 
-def product_keys(product: Product) -> set[str]:
+def product_keys(product: Product) -> frozenset[str]:
     """The folded names a product may be declared under: its name, its id, with or without vendor."""
-    names = {product.name, product.id.replace("-", " ")}
+    return _name_keys(product.id, product.name, product.vendor)
+
+
+@lru_cache(maxsize=4096)
+def _name_keys(product_id: str, product_name: str, product_vendor: str) -> frozenset[str]:
+    # Reconciliation asks for every (product, entry) pair: computed once per product.
+    names = {product_name, product_id.replace("-", " ")}
     # "Microsoft Dragon Copilot (DAX Copilot, Dragon Medical One)": each name in brackets too.
-    bracket = re.match(r"^(.*?)\s*\((.*)\)\s*$", product.name)
+    bracket = re.match(r"^(.*?)\s*\((.*)\)\s*$", product_name)
     if bracket is not None:
         names.add(bracket.group(1))
         parts = (
@@ -581,7 +589,7 @@ def product_keys(product: Product) -> set[str]:
         )
         names.update(part for part in parts if part.strip() and "plan" not in part)
     keys: set[str] = set()
-    vendor = fold(product.vendor)
+    vendor = fold(product_vendor)
     vendor_words = vendor.split()
     for name in names:
         folded = fold(name)
@@ -601,7 +609,7 @@ def product_keys(product: Product) -> set[str]:
             keys.add(f"{vendor} {form}")
             if not set(form.split()) <= GENERIC_WORDS:  # "devices", "API": not a name on their own
                 keys.add(form)
-    return keys
+    return frozenset(keys)
 
 
 # -- validation -----------------------------------------------------------------------------------
