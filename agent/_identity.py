@@ -315,13 +315,13 @@ class IdentityResolver:
             seen.pop()
 
     def is_local(self, ip: str) -> bool:
-        """Whether ``ip`` may be a device of the site (private ranges unless configured)."""
+        """Whether ``ip`` may be a device of the site (any non-global address unless configured)."""
         address = _address(ip)
         if address is None:
             return False
         if self.local_networks is not None:
             return any(address in network for network in self.local_networks)
-        return address.is_private or address.is_link_local
+        return not address.is_global  # private, link-local, shared (CGNAT) and documentation ranges
 
     # -- resolution ----------------------------------------------------------------------------------
 
