@@ -41,6 +41,9 @@ class Kind(StrEnum):
     NBNS_NAME = "nbns.name"
     TLS_SNI = "tls.sni"  # attrs: alpn, ja4, version
     QUIC_SNI = "quic.sni"  # attrs: alpn, ja4, version, quic_version
+    # A ClientHello without a server name (a connection to a bare IP, common for devices and
+    # local servers): value = its JA4; attrs as tls.sni plus transport ("tcp" or "quic").
+    TLS_FINGERPRINT = "tls.fingerprint"
     HTTP_HOST = "http.host"
     HTTP_USER_AGENT = "http.user_agent"
     DHCP_HOSTNAME = "dhcp.hostname"

@@ -440,9 +440,7 @@ class QuicTracker:
             return None
         self._finish(conn)
         ch = tls.parse_client_hello(stream[4:size])
-        if ch.sni is None:
-            return None
-        seen = (conn.client, conn.server, ch.sni)
+        seen = (conn.client, conn.server, ch.sni or "")
         when = self._reported.pop(seen, None)
         self._reported[seen] = ctx.ts
         if len(self._reported) > self.max_connections:
@@ -450,6 +448,9 @@ class QuicTracker:
         if when is not None and abs(ctx.ts - when) <= self.ttl:
             return None
         attrs: Attrs = {**tls.client_hello_attrs(ch, "q"), "quic_version": version_name(version)}
+        if ch.sni is None:
+            # A hello to a bare IP: its fingerprints are the only thing that identifies the client.
+            return ctx.observation(Kind.TLS_FINGERPRINT, str(attrs["ja4"]), {**attrs, "transport": "quic"})
         return ctx.observation(Kind.QUIC_SNI, ch.sni, attrs)
 
     def _finish(self, conn: _Connection) -> None:

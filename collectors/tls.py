@@ -466,10 +466,10 @@ def handshake_message(data: bytes) -> bytes:
 
 
 def observe(data: bytes, ctx: PacketContext) -> list[Observation]:
-    """Observe the ClientHello at the start of a TCP client stream: a tls.sni, or nothing without SNI."""
+    """Observe the ClientHello at the start of a TCP client stream: a tls.sni, else a tls.fingerprint."""
     ch = parse_client_hello(handshake_message(data))
-    if ch.sni is None:
-        # No kind exists for a hello without a server name: its fingerprints are dropped.
-        return []
     attrs: Attrs = client_hello_attrs(ch, "t")
+    if ch.sni is None:
+        # A hello to a bare IP: its fingerprints are the only thing that identifies the client.
+        return [ctx.observation(Kind.TLS_FINGERPRINT, str(attrs["ja4"]), {**attrs, "transport": "tcp"})]
     return [ctx.observation(Kind.TLS_SNI, ch.sni, attrs)]

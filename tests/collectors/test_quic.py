@@ -380,9 +380,14 @@ def test_connection_close_and_ack_with_ecn() -> None:
     assert obs.value == "www.example.com"
 
 
-def test_hello_without_sni_reports_nothing() -> None:
+def test_hello_without_sni_reports_its_fingerprint_once() -> None:
     hello = handshake(hello_body(extensions=(alpn_ext(b"h3"), versions_ext(0x0304))))
-    assert quic.QuicTracker().observe(protect(padded(crypto(0, hello))), CTX) == []
+    tracker = quic.QuicTracker()
+    [obs] = tracker.observe(protect(padded(crypto(0, hello))), CTX)
+    assert obs.kind is Kind.TLS_FINGERPRINT
+    assert obs.value.startswith("q13i")
+    assert (obs.attrs["transport"], obs.attrs["alpn"]) == ("quic", ("h3",))
+    assert tracker.observe(protect(padded(crypto(0, hello))), CTX) == []
 
 
 def test_versions() -> None:

@@ -160,10 +160,15 @@ def test_observe_reports_sni_with_fingerprints() -> None:
     }
 
 
-def test_no_sni_gives_no_observation() -> None:
+def test_no_sni_gives_a_fingerprint_observation() -> None:
+    """A hello to a bare IP names no server: its JA4 is what identifies the client."""
     body = hello_body(extensions=(alpn_ext(b"h2"),))
-    assert tls.observe(records(handshake(body)), CTX) == []
+    [obs] = tls.observe(records(handshake(body)), CTX)
     assert tls.parse_client_hello(body).sni is None
+    assert obs.kind is Kind.TLS_FINGERPRINT
+    assert obs.value == obs.attrs["ja4"] == tls.ja4(tls.parse_client_hello(body), "t")
+    assert obs.attrs["transport"] == "tcp"
+    assert obs.attrs["alpn"] == ("h2",)
 
 
 # --- JA4 ----------------------------------------------------------------------------------------
@@ -333,8 +338,9 @@ def test_server_names_are_decoded_defensively(raw: bytes, value: str) -> None:
 
 
 @pytest.mark.parametrize("raw", [b"", b".", b"   "])
-def test_blank_server_names_give_nothing(raw: bytes) -> None:
-    assert tls.observe(records(handshake(hello_body(extensions=(sni_ext(raw),)))), CTX) == []
+def test_blank_server_names_name_no_server(raw: bytes) -> None:
+    [obs] = tls.observe(records(handshake(hello_body(extensions=(sni_ext(raw),)))), CTX)
+    assert obs.kind is Kind.TLS_FINGERPRINT
 
 
 def test_first_host_name_wins() -> None:
