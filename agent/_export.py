@@ -23,8 +23,8 @@ Formats and their choices:
 - **HTML**: a printable report (Jinja2, autoescaped, inline CSS, no external resource), grouped by
   HAS scope.
 
-Privacy (DESIGN §10): the IPs and MAC prefixes of a SaaS product's endpoints are its *users'*
-workstations, so they are not listed (only counts, services and VLANs); endpoints stored
+Privacy (DESIGN §10): the IPs and MAC prefixes of a SaaS or desktop product's endpoints are its
+*users'* workstations, so they are not listed (only counts, services and VLANs); endpoints stored
 pseudonymised (keyed hashes) contribute no address at all.
 """
 
@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from agent._reconcile import ReconcileConfig, ReconciledProduct, compute
+from agent._reconcile import USER_SIDE_DEPLOYMENTS, ReconcileConfig, ReconciledProduct, compute
 from agent._review import ReviewPolicy, current_decision, latest_reviews, open_alerts
 from fingerprints import Catalog, Product, load_catalog
 from fingerprints._vocabulary import AI_CATEGORIES
@@ -243,7 +243,7 @@ def _row(
     else:
         scope = "hors_perimetre"
     observed = product.observed_product
-    saas = product.deployment == "saas"
+    saas = product.deployment in USER_SIDE_DEPLOYMENTS
     decision = current_decision(review)
     return CartographieRow(
         entry_id=str(uuid.uuid5(ROW_NAMESPACE, f"{site}/{product.key}")),

@@ -12,14 +12,16 @@ Matching a product to declared entries, best level first (the first level that m
 1. **catalogue id**: the entry declares (or was resolved to) the product's catalogue id;
 2. **identifiers**: a declared host is among the host names the product was seen through
    (``*.x`` declares a suffix), or a declared AE title, IP or MAC is one of the product's
-   endpoints' (IPs and MACs only for products not used as SaaS: a SaaS product's endpoints are the
-   workstations that use it, not the product);
+   endpoints' (IPs and MACs only for products not used as SaaS or desktop software: their
+   endpoints are the workstations that use them, not the product). An entry that declares a
+   catalogue id also declares, by address or AE title, the software seen on its device;
 3. **names**: the entry's name is one of the product's catalogue names; or the vendors agree and
    either the product is a device family (embedded devices, named by vendor) or the names share a
    word. For an ``unknown:<vendor>`` product, the vendors agreeing is enough.
 
-An entry that declares a catalogue id only matches that product (or, when that product is not
-seen, an unknown of the same vendor): declaring "Microsoft Teams" never hides Copilot.
+An entry that declares a catalogue id is never matched to another product by name (only, when its
+product is not seen, to an unknown of the same vendor): declaring "Microsoft Teams" never hides
+Copilot.
 
 A declared product is ``declared_mismatch`` when the network contradicts the declaration
 (``mismatch`` says how): declared on-premise or embedded but seen calling cloud hosts that are not
@@ -58,6 +60,8 @@ from store._models import (
 DEFAULT_LOOKBACK: Final = timedelta(days=30)
 #: Categories whose products are medical devices (unknowns of these are medical-looking).
 DEVICE_CATEGORIES: Final = frozenset({"medical_device", "imaging_modality"})
+#: Deployments whose endpoints are the people using the product, not the product itself.
+USER_SIDE_DEPLOYMENTS: Final = frozenset({"saas", "desktop"})
 HOST_KINDS: Final = frozenset({"dns.query", "dns.answer", "tls.sni", "quic.sni", "http.host"})
 _CHUNK: Final = 500  # bound the size of IN (...) lists (SQLite allows 32766 parameters, keep it small)
 _WORD: Final = re.compile(r"[a-z0-9]{3,}")
@@ -365,7 +369,11 @@ def _match_level(
     identified = group.product_id != UNKNOWN
     if entry.catalog_id is not None:
         if identified:
-            return 1 if entry.catalog_id == group.product_id else None
+            if entry.catalog_id == group.product_id:
+                return 1
+            # Software a fingerprint names on a declared device (a gateway built on pynetdicom) is
+            # that device: its declared address or AE title says so, never its name.
+            return 2 if _identifiers_match(group, entry, product, hosts=False) else None
         # Declared as a catalogue product that is not seen by name: an unknown of its vendor may be it.
         if entry.catalog_id in observed_ids:
             return None
@@ -388,12 +396,14 @@ def _match_level(
     return 3 if not identified and _vendors_agree(entry.vendor, group.vendor) else None
 
 
-def _identifiers_match(group: ObservedProduct, entry: Declared, product: Product | None) -> bool:
-    if entry.hosts and any(_host_declared(host, entry.hosts) for host in group.hosts):
+def _identifiers_match(
+    group: ObservedProduct, entry: Declared, product: Product | None, *, hosts: bool = True
+) -> bool:
+    if hosts and entry.hosts and any(_host_declared(host, entry.hosts) for host in group.hosts):
         return True
     if group.ae_titles & entry.ae_titles:
         return True
-    if product is not None and str(product.deployment) == "saas":
+    if product is not None and str(product.deployment) in USER_SIDE_DEPLOYMENTS:
         return False
     return bool(group.ips & entry.ips or group.macs & entry.macs)
 
@@ -402,9 +412,7 @@ def _split_services(text: str | None) -> set[str]:
     return {fold(part) for part in re.split(r"[,;|\n]+", text or "") if fold(part)}
 
 
-def _mismatch(
-    group: ObservedProduct, entries: Sequence[Declared], product: Product | None
-) -> str | None:
+def _mismatch(group: ObservedProduct, entries: Sequence[Declared], product: Product | None) -> str | None:
     reasons: list[str] = []
     declared_hosts = [host for entry in entries for host in entry.hosts or ()]
     deployments = {entry.deployment for entry in entries if entry.deployment}
@@ -413,7 +421,7 @@ def _mismatch(
         if cloud:
             how = "/".join(sorted(deployments))
             reasons.append(f"declared {how}, seen calling cloud hosts: {_few(cloud)}")
-    saas = product is not None and str(product.deployment) == "saas"
+    saas = product is not None and str(product.deployment) in USER_SIDE_DEPLOYMENTS
     for label, seen, declared in (
         ("IPs", group.ips, {ip for entry in entries for ip in entry.ips or ()}),
         ("MACs", group.macs, {mac for entry in entries for mac in entry.macs or ()}),
@@ -521,7 +529,7 @@ def _observed_row(
         is_ai, is_medical = _tristate(product.ai), _tristate(product.medical_purpose)
         deployment = str(product.deployment)
     else:
-        name = f"unknown {group.vendor or group.category or 'product'}"
+        name = f"{group.vendor or group.category or 'product'} (unidentified)"
         vendor, category = group.vendor, group.category
         is_ai = first.is_ai if first is not None else None
         is_medical = first.is_dmn if first is not None else None

@@ -380,7 +380,7 @@ def _title(reason: AlertReason, product: ReconciledProduct) -> str:
     where = f" on {product.endpoints} endpoint{'s' if product.endpoints != 1 else ''}"
     return {
         AlertReason.UNDECLARED_OBSERVED: f"Undeclared {name} seen{where}",
-        AlertReason.UNKNOWN_OBSERVED: f"Unidentified {name} seen{where}",
+        AlertReason.UNKNOWN_OBSERVED: f"Unidentified {product.vendor or product.category} device seen{where}",
         AlertReason.DECLARED_MISMATCH: f"{name} seen otherwise than declared: {product.mismatch or ''}",
         AlertReason.CONDITION_EXPIRED: f"The conditions of {name}'s approval have expired",
         AlertReason.BLOCKED_SEEN_AGAIN: f"{name}, decided rejected_to_block, seen again{where}",

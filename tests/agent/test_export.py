@@ -241,7 +241,7 @@ def test_cyclonedx_validates_against_the_official_schema(
     assert services["ChatGPT"]["provider"]["name"] == "OpenAI"
     assert {name: c["type"] for name, c in components.items()} == {
         "Gleamer (BoneView, ChestView)": "device",
-        "unknown B. Braun": "device",
+        "B. Braun (unidentified)": "device",
         "@SUM(1+1)": "device",
     }
     properties = {p["name"]: p["value"] for p in services["ChatGPT"]["properties"]}

@@ -254,3 +254,15 @@ def test_deterministic(session: Session, catalog: Catalog) -> None:
     assert [
         (r.key, r.status, r.entry_refs, r.endpoints) for r in compute(session, SITE, NOW, catalog=catalog)
     ] == [(r.key, r.status, r.entry_refs, r.endpoints) for r in first]
+
+
+def test_software_seen_on_a_declared_device_is_that_device(session: Session, catalog: Catalog) -> None:
+    gateway = add_endpoint(session, SITE, "10.1.0.50", mac="00:00:5e:00:53:50")
+    dicom = [("dicom.association", "PYNETDICOM")]
+    add_detection(session, SITE, "pynetdicom", gateway, seen=RECENT, signals=dicom)
+    add_detection(session, SITE, "cursor", gateway, seen=RECENT, hosts=["api2.cursor.sh"])
+    add_entry(session, SITE, "G", "Passerelle (BoneView)", catalog_id="gleamer", ips=["10.1.0.50"])
+    assert statuses(session, catalog) == {
+        "cursor": ("undeclared_observed", None),  # desktop software: the endpoint is its user
+        "pynetdicom": ("declared_observed", None),  # the entry is observed through it
+    }
