@@ -190,7 +190,9 @@ class Scanner:
 
         resolver = IdentityResolver(self.site, pseudonymiser=self.pseudonymiser)
         writer = StoreWriter(self.index, site=self.site, agent=self.agent, resolver=resolver)
-        aggregator = Aggregator(self.index, max_keys=max(self.flush_at + _BATCH, 1))
+        # A batch adds at most ``batch`` keys: flushing at ``flush_at`` never reaches the bound.
+        batch_size = max(1, min(_BATCH, self.flush_at))
+        aggregator = Aggregator(self.index, max_keys=self.flush_at + batch_size)
         try:
             with ExitStack() as stack, open(path, "rb") as handle:
                 session: Session | None = None
@@ -200,7 +202,7 @@ class Scanner:
                     source="pcap",
                     stats=report.decode,
                 )
-                for batch in _batches(observations):
+                for batch in _batches(observations, batch_size):
                     aggregator.add_all(batch)
                     if len(aggregator) >= self.flush_at:
                         if session is None:
@@ -268,8 +270,8 @@ class Scanner:
             )
 
 
-def _batches(observations: Iterator[Observation]) -> Iterator[list[Observation]]:
-    while batch := list(islice(observations, _BATCH)):
+def _batches(observations: Iterator[Observation], size: int) -> Iterator[list[Observation]]:
+    while batch := list(islice(observations, size)):
         yield batch
 
 

@@ -43,7 +43,7 @@ from agent._cli_common import (
     fatal,
 )
 from agent._identity import Pseudonymiser
-from agent._pipeline import FileScan, Scanner, ScanReport
+from agent._pipeline import FLUSH_AT, FileScan, Scanner, ScanReport
 from collectors import CaptureFormatError
 from fingerprints import CatalogError, default_index
 from store import ReconciliationStatus, StoreError, open_store
@@ -131,6 +131,15 @@ def scan(
             show_default=False,
         ),
     ] = None,
+    flush_keys: Annotated[
+        int,
+        typer.Option(
+            "--flush-keys",
+            envvar="LANTERNE_FLUSH_KEYS",
+            min=1,
+            help="Distinct observations held in memory before a write (each file still commits once).",
+        ),
+    ] = FLUSH_AT,
     as_json: Annotated[
         bool, typer.Option("--json", envvar="LANTERNE_JSON", help="Also print the summary as JSON on stdout.")
     ] = False,
@@ -149,7 +158,9 @@ def scan(
     report = ScanReport()
     failed = False
     try:
-        scanner = Scanner(store, index, site=site, agent=agent_name, pseudonymiser=pseudonymiser)
+        scanner = Scanner(
+            store, index, site=site, agent=agent_name, pseudonymiser=pseudonymiser, flush_at=flush_keys
+        )
         with _progress(files, progress) as bar:
             for path in files:
                 task = None
