@@ -1,4 +1,4 @@
-"""Sessions on both real backends for the declared-side tests: SQLite, and PostgreSQL in a fresh schema.
+"""Stores on both real backends for the declared-side tests: SQLite, and PostgreSQL in a fresh schema.
 
 PostgreSQL is ``$LANTERNE_TEST_PG`` (default: trust auth on 127.0.0.1, database ``test``). Each test
 gets its own schema, dropped afterwards, so parallel test runs never see each other's rows. When
@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from store import open_store
 from store._models import (
-    Base,
     Detection,
     Endpoint,
     IdentityKind,
@@ -31,14 +31,6 @@ from store._models import (
 
 BACKENDS = ("sqlite", "postgresql")
 PG_URL = os.environ.get("LANTERNE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _open_store():  # type: ignore[no-untyped-def]
-    try:
-        from store._engine import open_store
-    except ImportError:  # the engine is not there yet: plain create_all on the models
-        return None
-    return open_store
 
 
 def pg_available() -> bool:
@@ -86,21 +78,14 @@ def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @contextmanager
 def session_on(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    """A session on a migrated (or create_all'd) empty database of the backend."""
+    """A session on an empty database of the backend, migrated by the real engine (Alembic)."""
     with database_url(backend, tmp_path_factory) as url:
-        open_store = _open_store()
-        if open_store is not None:
-            store = open_store(url)
-            engine = store.engine
-        else:
-            engine = create_engine(url)
-            Base.metadata.create_all(engine)
-        factory = sessionmaker(engine, expire_on_commit=False)
+        store = open_store(url)
         try:
-            with factory() as session:
+            with store.session() as session:
                 yield session
         finally:
-            engine.dispose()
+            store.dispose()
 
 
 # -- rows of the observed side, as the aggregator would write them --------------------------------
