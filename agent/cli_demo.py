@@ -14,6 +14,7 @@ capture of this morning's traffic would be.
 from __future__ import annotations
 
 import math
+import shlex
 import struct
 import tempfile
 import time
@@ -253,8 +254,8 @@ def demo(
             fatal(f"unknown export format {name!r}: one of {', '.join(FORMATS)}")
     if directory is None:
         directory = Path(tempfile.mkdtemp(prefix="lanterne-demo-"))
-    err.print(f"[bold]Lanterne demo[/]: {escape(SITE_NAME)} (site {SITE}), a simulated hospital")
-    err.print(f"folder: {escape(str(directory))}")
+    _say(f"[bold]Lanterne demo[/]: {escape(SITE_NAME)} (site {SITE}), a simulated hospital")
+    _say(f"folder: {escape(str(directory))}")
     try:
         run = run_demo(directory, formats, keep=keep)
     except DemoError as exc:
@@ -272,26 +273,31 @@ def demo(
     _print_next_steps(run)
 
 
+def _say(message: str) -> None:
+    """A message on stderr, never wrapped: paths and commands stay copyable."""
+    err.print(message, soft_wrap=True)
+
+
 def _print_steps(run: DemoRun) -> None:
     imported = run.imported
-    err.print(
+    _say(
         f"1. declared inventory: {INVENTORY} ({len(imported.created)} created, {len(imported.updated)} "
         f"updated, {len(imported.unchanged)} unchanged)"
     )
     scan = run.scan
     if scan.skipped:
-        err.print(f"2. capture: {CAPTURE} already scanned into this database (nothing counted twice)")
+        _say(f"2. capture: {CAPTURE} already scanned into this database (nothing counted twice)")
     else:
         stored = scan.stored
-        err.print(
+        _say(
             f"2. capture: {CAPTURE}, a simulated morning replayed from {run.replayed_from:%Y-%m-%d %H:%M} UTC"
         )
-        err.print(
+        _say(
             f"   {scan.decode.packets:,} packets, {scan.decode.observations:,} observations, "
             f"{len(stored.endpoints)} endpoints, {len(stored.detections)} products detected"
         )
     counts = ", ".join(f"{count} {status}" for status in _STATUS_STYLE if (count := _count(run.rows, status)))
-    err.print(f"3. reconciled: {counts}")
+    _say(f"3. reconciled: {counts}")
 
 
 def _count(rows: Sequence[CartographieRow], status: str) -> int:
@@ -354,18 +360,21 @@ def _print_alerts(alerts: Sequence[Alert]) -> None:
 
 def _print_next_steps(run: DemoRun) -> None:
     for path in run.exports:
-        err.print(f"wrote {escape(str(path))}")
-    err.print(f"done in {run.seconds:.1f} s")
-    undeclared = [row for row in run.rows if row.reconciliation_status == "undeclared_observed"]
+        _say(f"wrote {escape(str(path))}")
+    _say(f"done in {run.seconds:.1f} s")
+    undeclared = [
+        row
+        for row in run.rows
+        if row.reconciliation_status == "undeclared_observed" and row.review_decision == "pending_review"
+    ]
     example = max(undeclared, key=lambda row: row.endpoints).product_key if undeclared else None
-    err.print("\n[bold]Next steps[/] (these variables point every command at the demo's database):")
-    err.print(f"  export LANTERNE_DB={escape(run.db_url)} LANTERNE_SITE={SITE}", soft_wrap=True)
-    err.print("  lanterne alerts list")
+    _say("\n[bold]Next steps[/] (these variables point every command at the demo's database):")
+    _say(f"  export LANTERNE_DB={escape(shlex.quote(run.db_url))} LANTERNE_SITE={SITE}")
+    _say("  lanterne alerts list")
     if example is not None:
-        err.print(
+        _say(
             f'  lanterne review decide {escape(example)} --decision rejected_to_block --reason "not declared"'
         )
-    err.print("  lanterne export --format csv -o cartographie.csv")
-    err.print(
-        f"  lanterne demo --dir {escape(str(run.directory))} --keep   # the table again, decisions kept"
-    )
+    _say("  lanterne export --format csv -o cartographie.csv")
+    folder = shlex.quote(str(run.directory))
+    _say(f"  lanterne demo --dir {escape(folder)} --keep   # the table again, with your decisions")
