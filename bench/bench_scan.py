@@ -1,0 +1,371 @@
+"""End-to-end ``lanterne scan`` speed into SQLite and PostgreSQL, beside tshark, and raw upsert rates.
+
+Runs, in one process, on the 500,000-packet mixed capture of ``../shared/bench`` (generated into
+``bench/data/mixed.pcap`` when absent):
+
+- ``tshark -n -T fields -e dns.qry.name -e tls.handshake.extensions_server_name -e http.host``
+  (the peer every figure is compared with, measured in the same run);
+- ``lanterne scan`` in a subprocess into a fresh SQLite file, then into a fresh PostgreSQL schema
+  (wall and CPU time of the child from ``wait4``, and its peak RSS);
+- the same scan in-process without the start-up (catalogue load, imports), to show the pipeline;
+- raw aggregated upserts (``store.upsert_observations``, 1,000-row batches) into SQLite and
+  PostgreSQL.
+
+The machine is shared: CPU time (user + system of the child) is printed beside wall time, and
+the ratios use both.
+
+    python bench/bench_scan.py [--capture bench/data/mixed.pcap] [--pg postgresql://postgres@127.0.0.1/test]
+
+Targets: scan >= 250,000 packets/s into SQLite (>= 8x tshark), upserts >= 50,000 rows/s
+SQLite and >= 15,000 rows/s PostgreSQL, peak RSS of the scan < 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+import collectors
+import fingerprints
+from agent._pipeline import Scanner
+from store import IdentityKind, open_store, upsert_endpoints, upsert_observations
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BENCH = REPO.parent / "shared" / "bench"
+DEFAULT_CAPTURE = REPO / "bench" / "data" / "mixed.pcap"
+DEFAULT_PG = os.environ.get("LANTERNE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PACKETS = 500_000
+
+TARGET_SCAN_PPS = 250_000
+TARGET_TSHARK_RATIO = 8.0
+TARGET_SQLITE_ROWS = 50_000
+TARGET_PG_ROWS = 15_000
+TARGET_RSS_MB = 300
+
+
+@dataclass
+class Run:
+    """One measured run: wall and CPU seconds, peak RSS (MB), and how many items it handled."""
+
+    name: str
+    wall: float
+    cpu: float
+    items: int
+    rss_mb: float | None = None
+    note: str = ""
+
+    @property
+    def wall_rate(self) -> float:
+        return self.items / self.wall
+
+    @property
+    def cpu_rate(self) -> float:
+        return self.items / self.cpu
+
+
+def child(
+    argv: Sequence[str], *, stdout: int | None = subprocess.DEVNULL
+) -> tuple[float, float, float, int, bytes]:
+    """Run a child; return its wall time, CPU time (user + system), peak RSS in MB, exit code, stdout."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        argv, stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    output = b""
+    if stdout is None:
+        assert process.stdout is not None
+        output = process.stdout.read()
+    assert process.stderr is not None
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage (not every child's)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode not in (0, 1):
+        sys.stderr.write(errors.decode(errors="replace"))
+        raise SystemExit(f"{argv[0]} failed with {process.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, process.returncode, output
+
+
+def lanterne() -> list[str]:
+    script = Path(sys.executable).with_name("lanterne")
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from agent.cli import main; main()"]
+
+
+def ensure_capture(path: Path, packets: int) -> None:
+    if path.exists():
+        return
+    generator = SHARED_BENCH / "gen_mixed_pcap.py"
+    if not generator.exists():
+        raise SystemExit(f"{path} is missing and so is {generator}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"generating {path} ({packets} packets, a few minutes)...", file=sys.stderr)
+    subprocess.run([sys.executable, str(generator), str(packets), str(path)], check=True)
+
+
+@contextmanager
+def pg_schema(url: str) -> Iterator[str | None]:
+    """A fresh schema in the PostgreSQL at ``url`` (None when unreachable), dropped afterwards."""
+    parsed = make_url(url)
+    conninfo = (
+        f"host={parsed.host or '127.0.0.1'} port={parsed.port or 5432} "
+        f"user={parsed.username or 'postgres'} dbname={parsed.database or 'test'}"
+    )
+    if parsed.password:
+        conninfo += f" password={parsed.password}"
+    schema = f"lt_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as connection:
+            connection.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.Error as exc:
+        print(f"PostgreSQL skipped: {exc}", file=sys.stderr)
+        yield None
+        return
+    try:
+        yield (
+            parsed.set(drivername="postgresql+psycopg")
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def bench_tshark(capture: Path) -> Run | None:
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        return None
+    argv = [tshark, "-n", "-r", str(capture), "-T", "fields"]
+    for name in ("dns.qry.name", "tls.handshake.extensions_server_name", "http.host"):
+        argv += ["-e", name]
+    wall, cpu, rss, _, _ = child(argv)
+    return Run("tshark -T fields (dns, sni, host)", wall, cpu, PACKETS, rss)
+
+
+def bench_scan(capture: Path, db: str, name: str) -> tuple[Run, dict[str, object]]:
+    argv = [
+        *lanterne(),
+        "scan",
+        str(capture),
+        "--db",
+        db,
+        "--site",
+        "bench",
+        "--agent",
+        "bench",
+        "--json",
+        "--no-progress",
+    ]
+    wall, cpu, rss, _, output = child(argv, stdout=None)
+    summary = json.loads(output)
+    return Run(name, wall, cpu, int(summary["packets"]), rss), summary
+
+
+def bench_in_process(capture: Path, directory: Path) -> list[Run]:
+    """The pipeline without start-up: decode alone, then decode + match + aggregate + store."""
+    index = fingerprints.default_index()
+    runs = []
+    wall, cpu = time.perf_counter(), time.process_time()
+    stats = collectors.DecodeStats()
+    for _ in collectors.decode_file(capture, stats=stats):
+        pass
+    runs.append(
+        Run("decode only (in process)", time.perf_counter() - wall, time.process_time() - cpu, stats.packets)
+    )
+    store = open_store(directory / "inprocess.db")
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        report = Scanner(store, index, site="bench", agent="bench").scan(capture)
+        runs.append(
+            Run(
+                "scan pipeline (in process) -> SQLite",
+                time.perf_counter() - wall,
+                time.process_time() - cpu,
+                report.decode.packets,
+            )
+        )
+    finally:
+        store.dispose()
+    return runs
+
+
+def bench_upserts(db: str, name: str, rows: int = 50_000) -> Run:
+    """Aggregated observation rows upserted in 1,000-row batches (new keys, then the same keys again)."""
+    store = open_store(db)
+    try:
+        now = time.time()
+        with store.write() as session:
+            ids = upsert_endpoints(
+                session,
+                [
+                    {
+                        "site": "bench",
+                        "identity_kind": IdentityKind.MAC,
+                        "identity": f"02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}",
+                        "mac": None,
+                        "randomized_mac": True,
+                        "ip": None,
+                        "hostname": None,
+                        "vendor": None,
+                        "service": None,
+                        "vlan": None,
+                        "first_seen": now,
+                        "last_seen": now,
+                    }
+                    for i in range(500)
+                ],
+            )
+        endpoints = list(ids.values())
+        batch = [
+            {
+                "agent": "bench",
+                "endpoint_id": endpoints[i % len(endpoints)],
+                "kind": "dns.query",
+                "value": f"host{i}.example.org",
+                "first_seen": now + i * 1e-3,
+                "last_seen": now + i * 1e-3,
+                "count": 1,
+                "attrs": {"qtype": "A"},
+                "peer": "10.0.0.53",
+            }
+            for i in range(rows)
+        ]
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(2):  # inserts, then conflicts on every key
+            with store.write() as session:
+                upsert_observations(session, batch)
+        return Run(name, time.perf_counter() - wall, time.process_time() - cpu, 2 * rows)
+    finally:
+        store.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--capture", type=Path, default=DEFAULT_CAPTURE)
+    parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL URL (a schema is created and dropped)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    ensure_capture(args.capture, PACKETS)
+    truth_path = args.capture.with_name(args.capture.name + ".truth.json")
+    truth = json.loads(truth_path.read_text()) if truth_path.exists() else {}
+
+    runs: list[Run] = []
+    checks: list[tuple[str, bool, str]] = []
+    with tempfile.TemporaryDirectory(prefix="lanterne-bench-") as tmp:
+        directory = Path(tmp)
+        tshark = bench_tshark(args.capture)
+        if tshark is not None:
+            runs.append(tshark)
+        sqlite_scan, summary = bench_scan(
+            args.capture, f"sqlite:///{directory / 'scan.db'}", "lanterne scan -> SQLite"
+        )
+        runs.append(sqlite_scan)
+        pg_scan = None
+        with pg_schema(args.pg) as pg_url:
+            if pg_url is not None:
+                pg_scan, _ = bench_scan(args.capture, pg_url, "lanterne scan -> PostgreSQL")
+                runs.append(pg_scan)
+        runs += bench_in_process(args.capture, directory)
+        sqlite_upsert = bench_upserts(f"sqlite:///{directory / 'upsert.db'}", "upsert observations -> SQLite")
+        runs.append(sqlite_upsert)
+        pg_upsert = None
+        with pg_schema(args.pg) as pg_url:
+            if pg_url is not None:
+                pg_upsert = bench_upserts(pg_url, "upsert observations -> PostgreSQL")
+                runs.append(pg_upsert)
+
+    print(f"\n{'run':<40} {'wall s':>8} {'cpu s':>8} {'wall/s':>12} {'cpu/s':>12} {'RSS MB':>8}")
+    for run in runs:
+        unit = "rows" if "upsert" in run.name else "pkts"
+        rss = f"{run.rss_mb:8.0f}" if run.rss_mb is not None else f"{'':>8}"
+        rates = f"{run.wall_rate:>8,.0f} {unit} {run.cpu_rate:>8,.0f} {unit}"
+        print(f"{run.name:<40} {run.wall:8.2f} {run.cpu:8.2f} {rates} {rss}")
+    if tshark is not None:
+        wall_ratio = sqlite_scan.wall_rate / tshark.wall_rate
+        cpu_ratio = sqlite_scan.cpu_rate / tshark.cpu_rate
+        print(f"\nscan/tshark: {wall_ratio:.1f}x wall, {cpu_ratio:.1f}x CPU")
+        checks.append(
+            (
+                f"scan >= {TARGET_TSHARK_RATIO:.0f}x tshark (wall)",
+                wall_ratio >= TARGET_TSHARK_RATIO,
+                f"{wall_ratio:.1f}x",
+            )
+        )
+        checks.append(
+            (
+                f"scan >= {TARGET_TSHARK_RATIO:.0f}x tshark (CPU)",
+                cpu_ratio >= TARGET_TSHARK_RATIO,
+                f"{cpu_ratio:.1f}x",
+            )
+        )
+    checks.append(
+        (
+            f"scan >= {TARGET_SCAN_PPS:,} pkt/s (wall)",
+            sqlite_scan.wall_rate >= TARGET_SCAN_PPS,
+            f"{sqlite_scan.wall_rate:,.0f}",
+        )
+    )
+    checks.append(
+        (
+            f"scan >= {TARGET_SCAN_PPS:,} pkt/s (CPU)",
+            sqlite_scan.cpu_rate >= TARGET_SCAN_PPS,
+            f"{sqlite_scan.cpu_rate:,.0f}",
+        )
+    )
+    peak = max(run.rss_mb for run in (sqlite_scan, pg_scan) if run is not None and run.rss_mb is not None)
+    checks.append((f"scan peak RSS < {TARGET_RSS_MB} MB", peak < TARGET_RSS_MB, f"{peak:.0f} MB"))
+    checks.append(
+        (
+            f"upserts >= {TARGET_SQLITE_ROWS:,} rows/s SQLite (wall)",
+            sqlite_upsert.wall_rate >= TARGET_SQLITE_ROWS,
+            f"{sqlite_upsert.wall_rate:,.0f}",
+        )
+    )
+    if pg_upsert is not None:
+        checks.append(
+            (
+                f"upserts >= {TARGET_PG_ROWS:,} rows/s PostgreSQL (wall)",
+                pg_upsert.wall_rate >= TARGET_PG_ROWS,
+                f"{pg_upsert.wall_rate:,.0f}",
+            )
+        )
+    print(
+        f"\nscan stored {summary['stored_observations']} of {summary['observations']} observations; "
+        f"{summary['endpoints']} endpoints; detections {summary['detections']}; truth {truth or 'n/a'}"
+    )
+    print()
+    for label, ok, value in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {label:<45} {value}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "runs": [
+                        run.__dict__ | {"wall_rate": run.wall_rate, "cpu_rate": run.cpu_rate} for run in runs
+                    ],
+                    "checks": [{"check": label, "ok": ok, "value": value} for label, ok, value in checks],
+                    "children_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
