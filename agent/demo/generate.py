@@ -7,7 +7,8 @@ this script (``tests/agent/test_demo_capture.py``).
 Everything is invented: RFC 1918 addresses inside, documentation ranges (RFC 5737) for the
 Internet, locally administered MACs (``02:…``) for workstations and servers, the makers' real IEEE
 OUIs with made-up lower bytes for the medical devices, host names such as ``PC-CARDIO-01``. The
-one HL7 message and the DICOM data set carry a fictitious patient that Lanterne must never keep.
+HL7 messages, the DICOM data sets and an LLM prompt carry a fictitious patient that Lanterne must
+never keep.
 
 The capture is a SPAN of the core switch's trunk: frames carry their 802.1Q tag, and traffic
 between VLANs is seen on the client's side (to and from the router's MAC).
@@ -372,13 +373,13 @@ class Capture:
         """One UDP datagram."""
         self._frame(ts, local, src, dst, UDP(sport=sport, dport=dport) / payload)
 
-    def dns(self, ts: float, client: Host, name: str, address: str | None = None) -> None:
+    def dns(self, ts: float, client: Host, name: str) -> None:
         """An A query from ``client`` to the site resolver and its answer."""
         self._dns_id = (self._dns_id + 7) & 0xFFFF
         port = self.ephemeral_port()
         query = DNS(id=self._dns_id, rd=1, qd=DNSQR(qname=name, qtype="A"))
         self.udp(ts, client, client, DNS_SERVER, port, 53, bytes(query))
-        address = address or INTERNET[name]
+        address = INTERNET[name]
         answer = DNS(
             id=self._dns_id,
             qr=1,
@@ -399,11 +400,9 @@ class Capture:
         dport: int,
         turns: Sequence[tuple[bool, bytes]],
         *,
-        local: Host | None = None,
         rtt: float = 0.02,
     ) -> float:
-        """A whole TCP connection: handshake, ``turns`` (from_client, bytes), FIN; returns its end time."""
-        local = local or client
+        """A TCP connection on the client's VLAN: handshake, ``turns`` (from_client, data), FIN; its end."""
         sport = self.ephemeral_port()
         cseq, sseq = self.rng.getrandbits(32), self.rng.getrandbits(32)
         t = ts
@@ -421,7 +420,7 @@ class Capture:
                 flags=flags,
                 window=64240 if from_client else 65535,
             )
-            self._frame(t, local, src, dst, segment / payload if payload else segment)
+            self._frame(t, client, src, dst, segment / payload if payload else segment)
             step = len(payload) + (1 if "S" in flags or "F" in flags else 0)
             if from_client:
                 cseq = (cseq + step) & 0xFFFFFFFF
