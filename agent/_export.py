@@ -46,8 +46,7 @@ from sqlalchemy.orm import Session
 
 from agent._reconcile import USER_SIDE_DEPLOYMENTS, ReconcileConfig, ReconciledProduct, compute
 from agent._review import ReviewPolicy, current_decision, latest_reviews, open_alerts
-from fingerprints import Catalog, Product, load_catalog
-from fingerprints._vocabulary import AI_CATEGORIES
+from fingerprints import AI_CATEGORIES, Catalog, Product, load_catalog
 from store._inventory import as_utc
 from store._models import ChangeLogEntry, InventoryEntry, ReconciliationStatus
 

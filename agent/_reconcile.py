@@ -43,8 +43,7 @@ from sqlalchemy.orm import Session
 
 from agent._review import evidence_signals, log_change, sync_alerts
 from collectors import InvalidObservation, canonical_ip, canonical_mac
-from fingerprints import UNKNOWN, Catalog, Product, load_catalog
-from fingerprints._vocabulary import AI_CATEGORIES
+from fingerprints import AI_CATEGORIES, UNKNOWN, Catalog, Product, load_catalog
 from store._inventory import GENERIC_WORDS, as_utc, fold, product_keys
 from store._models import (
     Alert,

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fingerprints._vocabulary import AI_CATEGORIES
+from fingerprints import AI_CATEGORIES
 from store._inventory import as_utc
 from store._models import (
     Alert,

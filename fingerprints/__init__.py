@@ -6,8 +6,10 @@ from fingerprints._evidence import (
     Detection,
     Evidence,
     RuleInfo,
+    Side,
     assess,
     assess_all,
+    rule_weight,
 )
 from fingerprints._index import Explanation, Index, default_index, load_index
 from fingerprints._loader import DEFAULT_CATALOG_DIR, CatalogError, Issue, load_catalog
@@ -21,13 +23,16 @@ from fingerprints._selftest import (
     run_catalog_examples,
     run_recog_examples,
 )
+from fingerprints._vocabulary import AI_CATEGORIES, Category, Tristate
 
 __all__ = [
+    "AI_CATEGORIES",
     "DEFAULT_CATALOG_DIR",
     "DETECTION_THRESHOLD",
     "UNKNOWN",
     "Catalog",
     "CatalogError",
+    "Category",
     "Detection",
     "Evidence",
     "Example",
@@ -42,7 +47,9 @@ __all__ = [
     "RecogFailure",
     "Rule",
     "RuleInfo",
+    "Side",
     "Source",
+    "Tristate",
     "assess",
     "assess_all",
     "default_index",
@@ -52,6 +59,7 @@ __all__ = [
     "load_index",
     "load_recog",
     "mac_vendor",
+    "rule_weight",
     "run_catalog_examples",
     "run_recog_examples",
 ]
