@@ -34,8 +34,7 @@ from sqlalchemy.orm import Session
 from agent._identity import CLIENT_NAME_KINDS, DhcpFacts, IdentityResolver, Resolution, Sighting, Span
 from collectors import Kind, Observation
 from fingerprints import Detection as Assessed
-from fingerprints import Evidence, Index, RuleInfo
-from fingerprints._evidence import Side, rule_weight  # private: no public way to rebuild a RuleInfo
+from fingerprints import Evidence, Index, RuleInfo, Side, rule_weight
 from store import Detection, upsert_agent, upsert_detections, upsert_observations
 
 #: Distinct (sighting, kind, value) keys per window; a scan flushes well before (``FLUSH_AT``).
@@ -64,6 +63,10 @@ def lanterne_version() -> str:
         return version("lanterne")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def _iso_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _iso(ts: float) -> str:
@@ -436,19 +439,28 @@ class StoreWriter:
         for survivor, inherited in resolution.inherited_evidence.items():
             fresh.setdefault(survivor, {})
             for stored_entry in inherited:
-                self._merge_stored(fresh[survivor], stored_entry)
+                if isinstance(stored_entry, Mapping) and "first_seen" in stored_entry:
+                    self._merge_stored(fresh[survivor], stored_entry)
         if not fresh:
             return
         stored_ids: dict[int, dict[str, int]] = {}
         ids = sorted(fresh)
         for start in range(0, len(ids), 500):
             query = select(
-                Detection.id, Detection.endpoint_id, Detection.product_key, Detection.evidence
+                Detection.id,
+                Detection.endpoint_id,
+                Detection.product_key,
+                Detection.evidence,
+                Detection.first_seen,
+                Detection.last_seen,
             ).where(Detection.site == self.site, Detection.endpoint_id.in_(ids[start : start + 500]))
-            for row_id, endpoint_id, key, evidence in session.execute(query):
+            for row_id, endpoint_id, key, evidence, first_seen, last_seen in session.execute(query):
                 stored_ids.setdefault(endpoint_id, {})[key] = row_id
+                # Entries written by other tools may lack their times: the detection's stand in.
+                defaults = {"first_seen": _iso_of(first_seen), "last_seen": _iso_of(last_seen), "count": 1}
                 for stored_entry in evidence or ():
-                    self._merge_stored(fresh[endpoint_id], stored_entry)
+                    if isinstance(stored_entry, Mapping):
+                        self._merge_stored(fresh[endpoint_id], {**defaults, **stored_entry})
         rows: list[dict[str, Any]] = []
         stale: list[int] = []
         for endpoint_id in ids:
@@ -496,6 +508,7 @@ class StoreWriter:
         chosen = [
             entries[item.rule.rule_id][1] for item in detection.evidence if item.rule.rule_id in entries
         ]
+        assert chosen, "a detection is assessed from these entries only"
         chosen.sort(key=lambda entry: (-float(entry.get("weight") or 0.0), entry["first_seen"]))
         kept = chosen[:MAX_EVIDENCE_PER_DETECTION]
         return {

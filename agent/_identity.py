@@ -704,10 +704,17 @@ class IdentityResolver:
         run(delete(ObservationAggregate).where(ObservationAggregate.endpoint_id == source.id))
         upsert_observations(session, moved)
         evidence = result.inherited_evidence.setdefault(target.id, [])
-        for stored in session.execute(
-            select(Detection.evidence).where(Detection.endpoint_id == source.id)
-        ).scalars():
-            evidence.extend(stored)
+        query = select(Detection.evidence, Detection.first_seen, Detection.last_seen).where(
+            Detection.endpoint_id == source.id
+        )
+        for stored, first_seen, last_seen in session.execute(query):
+            # Entries written by other tools may lack their times: the detection's stand in.
+            defaults = {
+                "first_seen": first_seen.astimezone(UTC).isoformat(timespec="microseconds"),
+                "last_seen": last_seen.astimezone(UTC).isoformat(timespec="microseconds"),
+                "count": 1,
+            }
+            evidence.extend({**defaults, **entry} for entry in stored or () if isinstance(entry, Mapping))
         evidence.extend(result.inherited_evidence.pop(source.id, []))
         run(delete(Detection).where(Detection.endpoint_id == source.id))
         run(

@@ -11,6 +11,9 @@ The public surface (everything else is private to the package):
   per table the aggregator writes: ``upsert_observations``, ``upsert_endpoints`` (returns the
   row ids), ``upsert_aliases``, ``upsert_detections``, ``upsert_agent``;
 - retention: ``purge(session, days=DEFAULT_RETENTION_DAYS) -> PurgeResult``;
+- the declared inventory: ``read_inventory`` / ``parse_inventory`` (CSV or XLSX, all-or-nothing,
+  ``InventoryFileError`` with line-numbered ``ImportIssue``), ``import_inventory`` /
+  ``apply_inventory`` (entries upserted with their change history);
 - the models and their enumerations (``store._models`` documents the schema).
 """
 
@@ -24,6 +27,17 @@ from store._engine import (
     migrate,
     normalise_url,
     open_store,
+)
+from store._inventory import (
+    DeclaredEntry,
+    ImportIssue,
+    ImportResult,
+    InventoryFile,
+    InventoryFileError,
+    apply_inventory,
+    import_inventory,
+    parse_inventory,
+    read_inventory,
 )
 from store._models import (
     Agent,
@@ -67,12 +81,17 @@ __all__ = [
     "AlertState",
     "Base",
     "ChangeLogEntry",
+    "DeclaredEntry",
     "Detection",
     "Endpoint",
     "EndpointAlias",
     "IdentityKind",
+    "ImportIssue",
+    "ImportResult",
     "IngestedFile",
     "InventoryEntry",
+    "InventoryFile",
+    "InventoryFileError",
     "ObservationAggregate",
     "ProbeLogEntry",
     "PurgeResult",
@@ -84,14 +103,18 @@ __all__ = [
     "StoreError",
     "UtcDateTime",
     "alembic_config",
+    "apply_inventory",
     "current_revision",
     "head_revision",
+    "import_inventory",
     "make_engine",
     "merge_rows",
     "migrate",
     "normalise_url",
     "open_store",
+    "parse_inventory",
     "purge",
+    "read_inventory",
     "upsert",
     "upsert_agent",
     "upsert_aliases",

@@ -243,3 +243,32 @@ def test_the_agent_reports_its_heartbeat(store: Store, index: Index) -> None:
     with store.session() as session:
         agent = session.get_one(Agent, "sonde-rea")
     assert (agent.site, agent.catalog_version) == (SITE, index.version)
+
+
+def test_stored_entries_without_times_take_the_detections(store: Store, index: Index) -> None:
+    # Evidence written by another tool (an import, a test helper) may carry only rule, kind, value.
+    write(store, index, [obs(500, "a.example")])
+    old = datetime(2025, 6, 1, tzinfo=UTC)
+    with store.write() as session:
+        endpoint_id = session.scalar(select(func.min(ObservationAggregate.endpoint_id)))
+        assert endpoint_id is not None
+        session.add(
+            Detection(
+                site=SITE,
+                product_key="openai-chatgpt",
+                product_id="openai-chatgpt",
+                endpoint_id=endpoint_id,
+                confidence=0.9,
+                evidence=[{"rule": "openai-chatgpt:chatgpt", "kind": "tls.sni", "value": "chatgpt.com"}],
+                roles=[],
+                catalog_version="x",
+                first_seen=old,
+                last_seen=old,
+            )
+        )
+    write(store, index, [obs(600, "cdn.oaistatic.com")])
+    detection = detections(store)["openai-chatgpt"]
+    by_rule = {entry["rule"]: entry for entry in detection.evidence}
+    assert set(by_rule) == {"openai-chatgpt:chatgpt", "openai-chatgpt:oaistatic"}
+    assert by_rule["openai-chatgpt:chatgpt"]["first_seen"].startswith("2025-06-01")
+    assert detection.first_seen == old
