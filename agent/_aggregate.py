@@ -21,7 +21,7 @@ deleted, and the rest are replaced. Evidence that supports no detection of inter
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -98,8 +98,12 @@ class Window:
     observed: int
     """Observations added during the window (shed ones included)."""
 
-    def sightings(self) -> dict[Sighting, Span]:
-        """Every (IP, MAC) that needs an endpoint: observation sources and evidence subjects."""
+    def sightings(self, is_local: Callable[[str], bool] | None = None) -> dict[Sighting, Span]:
+        """Every (IP, MAC) that needs an endpoint: observation sources and evidence subjects.
+
+        A server that evidence is about (``dst`` side) is a device of the site only at a local
+        address (``is_local``): a SaaS server behind the router is a product, not an endpoint.
+        """
         spans: dict[Sighting, Span] = {}
         for (ip, mac, _kind, _value), record in self.observations.items():
             attrs = record[3]
@@ -110,7 +114,9 @@ class Window:
                 spans[ip, mac] = span
             else:
                 known.widen(span)
-        for (ip, mac, _rule), (_evidence, first, last, _count) in self.evidence.items():
+        for (ip, mac, _rule), (evidence, first, last, _count) in self.evidence.items():
+            if is_local is not None and evidence.side == "dst" and (ip is None or not is_local(ip)):
+                continue
             known = spans.get((ip, mac))
             if known is None:
                 spans[ip, mac] = Span(first, last)
@@ -322,7 +328,8 @@ class StoreWriter:
     def write(self, session: Session, window: Window, *, now: datetime | None = None) -> FlushResult:
         """Write one window into the session's transaction (the caller commits)."""
         result = FlushResult()
-        resolution = self.resolver.resolve(session, window.sightings(), window.peers, window.dhcp())
+        sightings = window.sightings(self.resolver.is_local)
+        resolution = self.resolver.resolve(session, sightings, window.peers, window.dhcp())
         result.created, result.merged = resolution.created, len(resolution.merged)
         self._write_observations(session, window, resolution, result)
         self._write_detections(session, window, resolution, result)
@@ -374,7 +381,7 @@ class StoreWriter:
             result.first_ts = min(record[1] for record in window.observations.values())
             result.last_ts = max(record[2] for record in window.observations.values())
         result.rows = upsert_observations(session, rows)
-        result.endpoints.update(row["endpoint_id"] for row in rows)
+        result.endpoints.update(endpoints.values())
 
     # -- detections ---------------------------------------------------------------------------------
 
