@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from agent import cli_demo, cli_export, cli_fingerprints, cli_inventory, cli_review, cli_scan
+from agent import (
+    cli_daemon,
+    cli_demo,
+    cli_export,
+    cli_fingerprints,
+    cli_inventory,
+    cli_review,
+    cli_scan,
+    cli_serve,
+)
 from agent._cli_common import EXIT_USAGE, AgentOption, default_agent_name, err
 from collectors import CaptureFormatError, DecodeStats, decode_file
 
@@ -31,6 +40,11 @@ app.add_typer(cli_review.alerts_app, name="alerts")
 app.add_typer(cli_review.review_app, name="review")
 app.command("export")(cli_export.export)
 app.command("scan")(cli_scan.scan)
+app.command("capture")(cli_daemon.capture)
+app.command("run")(cli_daemon.run)
+app.command("doctor")(cli_daemon.doctor)
+app.command("serve")(cli_serve.serve)
+app.add_typer(cli_serve.users_app, name="users")
 
 
 @app.callback()
