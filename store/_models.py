@@ -447,3 +447,92 @@ class ChangeLogEntry(Base):
     """A person, ``import:<file>``, or ``lanterne`` for automatic changes."""
     changes: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     """``{field: [old, new]}``."""
+
+
+# -- who may look and decide, and where alerts go (the web UI, the API, the alert channels) --------
+
+
+class UserRole(enum.StrEnum):
+    """What a person may do in the web UI and the API (each role includes the ones before it)."""
+
+    VIEWER = "viewer"  # reads everything, downloads exports
+    REVIEWER = "reviewer"  # records decisions
+    ADMIN = "admin"  # manages people and tokens, replays dead letters
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Where one message to an alert channel is."""
+
+    PENDING = "pending"  # queued or failing, retried with backoff
+    DELIVERED = "delivered"
+    DEAD = "dead"  # gave up after the channel's attempts; kept until replayed
+
+
+class User(Base):
+    """A person with a role; authenticates with one of its API tokens."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    """Recorded as the author of every decision the person makes."""
+    role: Mapped[UserRole] = mapped_column(_enum(UserRole))
+    created_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+
+
+class ApiToken(Base):
+    """A bearer token of a user, stored as its SHA-256 only (the token is shown once, at creation)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+
+
+class WebSession(Base):
+    """A signed-in browser: the cookie's SHA-256, its user and token, and the form (CSRF) token."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    """Revoking the token signs out every browser that signed in with it."""
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    expires_at: Mapped[datetime] = mapped_column(UTC_DATETIME, index=True)
+    last_seen_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+
+
+class AlertDelivery(Base):
+    """One message to an alert channel (one alert state, or a digest of many): the channel's outbox."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        UniqueConstraint("channel", "key"),
+        Index("ix_alert_deliveries_queue", "channel", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(200))
+    """Idempotency key: ``alert:<id>:<state>``, or ``digest:<hash of its items>``."""
+    kind: Mapped[str] = mapped_column(String(16))
+    """``alert`` or ``digest``."""
+    items: Mapped[list[Any]] = mapped_column(JsonType, default=list)
+    """The ``[alert id, state]`` pairs the message carries."""
+    body: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    """The document sent, frozen when queued: every retry and replay sends the same bytes."""
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTC_DATETIME)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTC_DATETIME)
+    last_error: Mapped[str | None] = mapped_column(Text)
