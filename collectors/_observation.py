@@ -60,6 +60,11 @@ class Kind(StrEnum):
     HTTP_TITLE = "http.title"
     DICOM_ASSOCIATION = "dicom.association"
     HL7_HEADER = "hl7.header"
+    # Kinds only active probes report (collectors.probe); the server side is ``dst`` as for HTTP above.
+    ARP_HOST = "arp.host"  # an address that answered an ARP request (value: the IP; src: its IP and MAC)
+    HTTP_FAVICON = "http.favicon"  # MD5 hex of a server's /favicon.ico, the form Recog's favicons.xml matches
+    TLS_CERTIFICATE = "tls.certificate"  # a server's certificate subject (attrs: issuer, san, not_after, sha256)
+    LLM_SERVER = "llm.server"  # a local LLM API recognised by its answers (value: ollama/0.5.7, vllm, ...)
 
 
 #: Kinds whose value is a host or service name: lower-cased, trailing dot removed.
