@@ -60,9 +60,10 @@ _VALUE_REGEX_KINDS: Final[Mapping[Kind, RuleKind]] = {
     Kind.SSDP_SERVER: RuleKind.SSDP_SERVER,
     Kind.DHCP_VENDOR_CLASS: RuleKind.DHCP_VENDOR_CLASS,
     Kind.DHCP_HOSTNAME: RuleKind.DHCP_HOSTNAME,
+    Kind.LLM_SERVER: RuleKind.LLM_SERVER,
 }
 #: Observation kinds whose value describes the server side (``dst``).
-_DST_VALUE_KINDS: Final = frozenset({Kind.HTTP_SERVER, Kind.HTTP_TITLE})
+_DST_VALUE_KINDS: Final = frozenset({Kind.HTTP_SERVER, Kind.HTTP_TITLE, Kind.LLM_SERVER})
 #: Observation kinds whose ``dst`` is a device on the local segment, so its MAC is evidence too
 #: (the ``dst`` MAC of a web request is the router's, which says nothing about the server).
 _LOCAL_DST_KINDS: Final = frozenset(

@@ -43,6 +43,9 @@ RECOG_KINDS: Final[Mapping[str, tuple[Kind, Side]]] = {
     "snmp_sysobjid": (Kind.SNMP_SYSOBJECTID, "src"),
     "http_servers": (Kind.HTTP_SERVER, "dst"),
     "html_title": (Kind.HTTP_TITLE, "dst"),
+    # Reported by the active HTTP probe: the favicon's MD5 (hex) and the certificate's subject.
+    "favicons": (Kind.HTTP_FAVICON, "dst"),
+    "x509_subjects": (Kind.TLS_CERTIFICATE, "dst"),
 }
 
 #: A sysObjectID is assigned by the vendor: strong, like the catalogue's OID prefixes.

@@ -146,6 +146,7 @@ class RuleKind(StrEnum):
     MDNS_SERVICE = "mdns.service"
     DICOM_ASSOCIATION = "dicom.association"
     HL7_HEADER = "hl7.header"
+    LLM_SERVER = "llm.server"  # what the active probe recognised from an LLM API's answers
     MAC_OUI = "mac_oui"
 
 
@@ -162,6 +163,7 @@ REGEX_RULE_KINDS: Final = frozenset(
         RuleKind.SSDP_SERVER,
         RuleKind.DHCP_VENDOR_CLASS,
         RuleKind.DHCP_HOSTNAME,
+        RuleKind.LLM_SERVER,
     }
 )
 
@@ -184,6 +186,8 @@ DEFAULT_STRENGTH: Final[dict[RuleKind, Strength]] = {
     RuleKind.MDNS_SERVICE: Strength.MEDIUM,
     RuleKind.DICOM_ASSOCIATION: Strength.MEDIUM,
     RuleKind.HL7_HEADER: Strength.MEDIUM,
+    # The server answered its own API (Ollama's /api/tags, vLLM's owned_by): medium, like a banner.
+    RuleKind.LLM_SERVER: Strength.MEDIUM,
     # An OUI names who made the network chip, often a module maker: alone it names a vendor only.
     RuleKind.MAC_OUI: Strength.WEAK,
 }
