@@ -11,7 +11,8 @@ COPY store store
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends libcap2-bin && rm -rf /var/lib/apt/lists/* \
+# libpcap compiles the kernel capture filter at start (collectors/_bpf.py).
+RUN apt-get update && apt-get install -y --no-install-recommends libcap2-bin libpcap0.8 && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home-dir /var/lib/lanterne --create-home --shell /usr/sbin/nologin lanterne
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
@@ -19,6 +20,7 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && setcap cap_net_raw+ep "$(readlink -f /usr/local/bin/python3)"
 USER lanterne
 WORKDIR /var/lib/lanterne
-ENV LANTERNE_DB=sqlite:////var/lib/lanterne/lanterne.db
+ENV LANTERNE_DB=sqlite:////var/lib/lanterne/lanterne.db \
+    LANTERNE_CONFIG=/etc/lanterne/lanterne.toml
 ENTRYPOINT ["lanterne"]
 CMD ["--help"]

@@ -472,20 +472,21 @@ def _probe(table: _Table) -> ProbeConfig:
         isinstance(name, str) and _IFNAME.fullmatch(name) for name in raw_interfaces
     ):
         raise table.error("passive_interfaces", "must be a list of interface names")
+    values: dict[str, Any] = {
+        "allow": table.networks("allow"),
+        "deny": table.networks("deny"),
+        "passive_only": table.networks("passive_only"),
+        "passive_interfaces": frozenset(raw_interfaces),
+        "probe_medical": table.boolean("probe_medical", False),
+        "rate": table.number("rate", DEFAULT_RATE, low=0.001, high=MAX_RATE),
+        "burst": table.integer("burst", DEFAULT_BURST, low=1, high=100_000),
+        "concurrency": table.integer("concurrency", DEFAULT_CONCURRENCY, low=1, high=100_000),
+        "timeout": table.number("timeout", DEFAULT_TIMEOUT, low=0.01, high=MAX_TIMEOUT),
+        "retries": table.integer("retries", DEFAULT_RETRIES, low=0, high=MAX_RETRIES),
+        "dry_run": table.boolean("dry_run", False),
+    }
     try:
-        policy = ProbePolicy(
-            allow=table.networks("allow"),
-            deny=table.networks("deny"),
-            passive_only=table.networks("passive_only"),
-            passive_interfaces=frozenset(raw_interfaces),
-            probe_medical=table.boolean("probe_medical", False),
-            rate=table.number("rate", DEFAULT_RATE, low=0.001, high=MAX_RATE),
-            burst=table.integer("burst", DEFAULT_BURST, low=1, high=100_000),
-            concurrency=table.integer("concurrency", DEFAULT_CONCURRENCY, low=1, high=100_000),
-            timeout=table.number("timeout", DEFAULT_TIMEOUT, low=0.01, high=MAX_TIMEOUT),
-            retries=table.integer("retries", DEFAULT_RETRIES, low=0, high=MAX_RETRIES),
-            dry_run=table.boolean("dry_run", False),
-        )
+        policy = ProbePolicy(**values)
     except ValueError as exc:
         raise ConfigError(f"{table.path}: {exc}") from exc
     table.finish()

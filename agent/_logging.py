@@ -109,6 +109,9 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level, logging.INFO))
     # Third-party libraries speak at WARNING and above only: their INFO is noise in a daemon's log.
-    for name in ("apscheduler", "sqlalchemy", "alembic", "scapy"):
+    for name in ("sqlalchemy", "alembic", "scapy"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # APScheduler warns when a run is skipped because the previous one still runs: by design here
+    # (max_instances=1), and it would repeat every interval of a long database outage.
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
     return handler

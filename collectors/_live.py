@@ -144,6 +144,18 @@ def open_packet_socket(
     return sock
 
 
+def restore_vlan(frame: bytes, auxdata: bytes) -> bytes:
+    """Put back the 802.1Q tag the kernel stripped (``struct tpacket_auxdata`` says which one)."""
+    if len(auxdata) < _AUXDATA.size or len(frame) < 14:
+        return frame
+    status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(auxdata)
+    if not status & TP_STATUS_VLAN_VALID:
+        return frame
+    if not status & TP_STATUS_VLAN_TPID_VALID or not tpid:
+        tpid = 0x8100  # kernels before 3.14 do not say which TPID: 802.1Q is the common one
+    return frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+
+
 class LiveCapture:
     """One interface: open, read from the loop, reopen after failures, until stopped."""
 
@@ -312,12 +324,8 @@ class LiveCapture:
                 stats.truncated += 1
             frame = bytes(view[:size])
             for level, kind, data in ancillary:
-                if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= _AUXDATA.size:
-                    status, _len, _snap, _mac, _net, tci, tpid = _AUXDATA.unpack_from(data)
-                    if status & TP_STATUS_VLAN_VALID and len(frame) >= 14:
-                        if not status & TP_STATUS_VLAN_TPID_VALID or not tpid:
-                            tpid = 0x8100
-                        frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+                if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    frame = restore_vlan(frame, data)
             try:
                 feed(now, LINKTYPE_ETHERNET, frame, 0, len(frame))
             except Exception:  # one hostile frame must not stop the capture
