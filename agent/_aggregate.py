@@ -104,16 +104,21 @@ class Window:
         A server that evidence is about (``dst`` side) is a device of the site only at a local
         address (``is_local``): a SaaS server behind the router is a product, not an endpoint.
         """
+        # Plain lists per sighting first (thousands of sightings, tens of thousands of keys).
+        seen: dict[Sighting, list[Any]] = {}
+        for key, record in self.observations.items():
+            sighting = (key[0], key[1])
+            entry = seen.get(sighting)
+            if entry is None:
+                seen[sighting] = [record[1], record[2], record[3]]
+                continue
+            entry[0] = min(entry[0], record[1])
+            if record[2] >= entry[1]:
+                entry[1], entry[2] = record[2], record[3]
         spans: dict[Sighting, Span] = {}
-        for (ip, mac, _kind, _value), record in self.observations.items():
-            attrs = record[3]
+        for sighting, (first, last, attrs) in seen.items():
             vlan = attrs.get("vlan") if attrs else None
-            span = Span(record[1], record[2], vlan if isinstance(vlan, int) else None)
-            known = spans.get((ip, mac))
-            if known is None:
-                spans[ip, mac] = span
-            else:
-                known.widen(span)
+            spans[sighting] = Span(first, last, vlan if isinstance(vlan, int) else None)
         for (ip, mac, _rule), (evidence, first, last, _count) in self.evidence.items():
             if is_local is not None and evidence.side == "dst" and (ip is None or not is_local(ip)):
                 continue

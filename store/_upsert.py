@@ -171,14 +171,17 @@ def execute_many(
             connection.execute(statement, list(rows[start : start + batch_size]))
         return
     processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
+    processed = [(i, process) for i, process in enumerate(processors) if process is not None]
+    getter = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
     sql = compiled.string
     for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        columns: list[list[Any]] = []
-        for name, process in zip(names, processors, strict=True):
-            values = [row[name] for row in batch]
-            columns.append(values if process is None else [process(value) for value in values])
-        params: list[Any] = list(zip(*columns, strict=True))
+        # Rows to tuples, transposed to columns, processed, transposed back: C loops all along.
+        params: list[Any] = list(map(getter, rows[start : start + batch_size]))
+        if processed:
+            columns: list[Any] = list(zip(*params, strict=True))
+            for i, process in processed:
+                columns[i] = list(map(process, columns[i]))
+            params = list(zip(*columns, strict=True))
         if not positional:
             params = [dict(zip(names, values, strict=True)) for values in params]
         connection.exec_driver_sql(sql, params)
