@@ -141,7 +141,7 @@ def upsert(
         if updates
         else insert.on_conflict_do_nothing(index_elements=list(key))
     )
-    execute_many(connection, table, statement, merged, batch_size)
+    execute_many(connection, table, statement, merged, batch_size, order_by=key)
     return len(merged)
 
 
@@ -151,6 +151,8 @@ def execute_many(
     statement: Any,
     rows: Sequence[Mapping[str, Any]],
     batch_size: int = BATCH_SIZE,
+    *,
+    order_by: Sequence[str] = (),
 ) -> None:
     """Execute a statement without RETURNING for many rows of ``table`` through the DBAPI's executemany.
 
@@ -162,6 +164,10 @@ def execute_many(
     if not rows:
         return
     dialect = connection.dialect
+    if order_by and dialect.name == "postgresql":
+        # Concurrent writers (several agents on the central store) lock rows in one global order:
+        # two upserts of overlapping keys then wait for each other instead of deadlocking.
+        rows = sorted(rows, key=itemgetter(*order_by))
     compiled = statement.compile(dialect=dialect)
     positional = compiled.positiontup is not None
     names: list[str] = list(compiled.positiontup) if positional else list(compiled.binds)
@@ -241,7 +247,7 @@ def upsert_endpoints(
     )
     # Plain executemany, then the ids by identity: RETURNING would send each batch through
     # SQLAlchemy's row-by-row path, several times slower than both statements together.
-    execute_many(connection, ENDPOINTS, statement, merged)
+    execute_many(connection, ENDPOINTS, statement, merged, order_by=("site", "identity_kind", "identity"))
     wanted: dict[str, set[tuple[IdentityKind, str]]] = {}
     for row in merged:
         wanted.setdefault(row["site"], set()).add((IdentityKind(row["identity_kind"]), row["identity"]))
@@ -294,7 +300,7 @@ def upsert_aliases(target: Connection | Session, rows: Iterable[Mapping[str, Any
         ),
     }
     statement = insert.on_conflict_do_update(index_elements=["site", "alias"], set_=updates)
-    execute_many(connection, ALIASES, statement, merged)
+    execute_many(connection, ALIASES, statement, merged, order_by=("site", "alias"))
     return len(merged)
 
 
