@@ -460,7 +460,7 @@ class IdentityResolver:
         by_identity = self._by_identity(session, identities)
         stored = self._stored(session, {*aliases.values(), *(row.id for row in by_identity.values())})
 
-        rows: list[dict[str, Any]] = []
+        survivors: list[_Stored | None] = []
         for component, component_keys in zip(components, keys, strict=True):
             candidates = {aliases[key] for key in component_keys if key in aliases}
             candidates |= {
@@ -473,28 +473,37 @@ class IdentityResolver:
                 if (kind, value) in by_identity
             }
             existing = sorted({self._survivor(stored, endpoint_id) for endpoint_id in candidates})
-            kind, identity, randomized = self._best_identity(component)
-            stored_identity = p(identity)
-            if existing:
-                survivor = min(
-                    (stored[endpoint_id] for endpoint_id in existing),
-                    key=lambda row: (_rank(row.kind, row.randomized), row.id),
-                )
-                for endpoint_id in existing:
-                    if endpoint_id != survivor.id:
-                        self._merge(session, stored[endpoint_id], survivor, result)
-                if _rank(kind, randomized) < _rank(survivor.kind, survivor.randomized):
-                    # The device is now better known (a client id for a random MAC): re-key it.
-                    session.execute(
-                        update(Endpoint)
-                        .where(Endpoint.id == survivor.id)
-                        .values(identity_kind=kind, identity=stored_identity, randomized_mac=randomized)
-                    )
-                    survivor.kind, survivor.identity, survivor.randomized = kind, stored_identity, randomized
-                kind, stored_identity, randomized = survivor.kind, survivor.identity, survivor.randomized
-            else:
+            if not existing:
+                survivors.append(None)
                 result.created += 1
-            rows.append(self._endpoint_row(component, kind, stored_identity, randomized))
+                continue
+            survivor = min(
+                (stored[endpoint_id] for endpoint_id in existing),
+                key=lambda row: (_rank(row.kind, row.randomized), row.id),
+            )
+            for endpoint_id in existing:
+                if endpoint_id != survivor.id:
+                    self._merge(session, stored[endpoint_id], survivor, result)
+            kind, identity, randomized = self._best_identity(component)
+            if _rank(kind, randomized) < _rank(survivor.kind, survivor.randomized):
+                # The device is now better known (a client id for a random MAC): re-key it.
+                session.execute(
+                    update(Endpoint)
+                    .where(Endpoint.id == survivor.id)
+                    .values(identity_kind=kind, identity=p(identity), randomized_mac=randomized),
+                    execution_options=_BULK,
+                )
+                survivor.kind, survivor.identity, survivor.randomized = kind, p(identity), randomized
+            survivors.append(survivor)
+        # Rows after every decision: two devices of this window may have led to one stored endpoint,
+        # whose identity the second may have upgraded; both rows must carry its final identity.
+        rows: list[dict[str, Any]] = []
+        for component, chosen in zip(components, survivors, strict=True):
+            if chosen is None:
+                kind, identity, randomized = self._best_identity(component)
+                rows.append(self._endpoint_row(component, kind, p(identity), randomized))
+            else:
+                rows.append(self._endpoint_row(component, chosen.kind, chosen.identity, chosen.randomized))
         ids = upsert_endpoints(session, rows)
         alias_rows: list[dict[str, Any]] = []
         for component, component_keys, row in zip(components, keys, rows, strict=True):

@@ -206,6 +206,19 @@ def test_a_random_mac_is_rekeyed_when_its_client_id_appears(site: Site) -> None:
     assert (after.identity_kind, after.identity) == (IdentityKind.DHCP_CLIENT_ID, "ff:aa:bb")
 
 
+def test_two_devices_of_a_window_that_are_one_stored_endpoint(site: Site) -> None:
+    # The store already knows RANDOM_A and client id ff:77 as one device. This window shows
+    # RANDOM_A with another client id (its group is resolved first: "cid:00:11" sorts first),
+    # and a fixed MAC announcing ff:77 (randomisation turned off), which upgrades the identity.
+    site.window(dhcp(0, RANDOM_A, cid="ff:77"))
+    site.window([*dhcp(10, RANDOM_A, cid="00:11"), *dhcp(11, PHILIPS, cid="ff:77")])
+    (endpoint,) = site.endpoints()
+    assert (endpoint.identity_kind, endpoint.identity) == (IdentityKind.MAC, PHILIPS)
+    aliases = site.aliases()
+    assert aliases[f"mac:{RANDOM_A}"] == aliases[f"mac:{PHILIPS}"] == aliases["cid:ff:77"] == endpoint.id
+    assert aliases["cid:00:11"] == endpoint.id
+
+
 def test_two_endpoints_merge_when_a_client_id_joins_them(site: Site) -> None:
     site.window([obs(0, "a.example", "10.2.0.5", RANDOM_A), obs(1, "same.example", "10.2.0.5", RANDOM_A)])
     site.window([obs(10, "b.example", "10.2.0.6", RANDOM_B), obs(11, "same.example", "10.2.0.6", RANDOM_B)])
