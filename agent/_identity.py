@@ -193,6 +193,9 @@ class _Component:
     macs: set[str] = field(default_factory=set)
     cids: set[str] = field(default_factory=set)
     hosts: set[str] = field(default_factory=set)
+    """Host names that merge random MACs (not generic ones)."""
+    hostname: str | None = None
+    """The DHCP host name the device gave, whatever its MAC (shown, never a merge key)."""
     span: Span | None = None
     ip: tuple[float, str] | None = None
     mac: tuple[float, str] | None = None
@@ -419,6 +422,9 @@ class IdentityResolver:
                 seen_ip = ip_of_mac.get(value)
                 if seen_ip is not None and (component.ip is None or component.ip[0] <= seen_ip[0]):
                     component.ip = seen_ip
+                name = dhcp.hostnames.get(value)
+                if name and (component.hostname is None or name < component.hostname):
+                    component.hostname = name
             elif kind == "cid":
                 component.cids.add(value)
             else:
@@ -524,7 +530,7 @@ class IdentityResolver:
         mac = component.mac[1]
         fixed = sorted(m for m in component.macs if not is_locally_administered(m))
         vendor = mac_vendor(fixed[0]).organisation if fixed else None
-        hostname = min(component.hosts) if component.hosts else None
+        hostname = component.hostname
         return {
             "site": self.site,
             "identity_kind": kind,

@@ -145,6 +145,14 @@ def test_a_mac_on_the_segment_is_the_identity(site: Site) -> None:
     assert site.aliases() == {f"mac:{PHILIPS}": endpoint.id}
 
 
+def test_a_fixed_mac_keeps_its_dhcp_host_name_without_merging_by_it(site: Site) -> None:
+    site.window(dhcp(0, PHILIPS, host="iu22-echo"))
+    site.window(dhcp(5, "00:09:fb:00:00:99", host="iu22-echo"))
+    endpoints = site.endpoints()
+    assert [row.hostname for row in endpoints] == ["iu22-echo", "iu22-echo"]
+    assert [row.identity_kind for row in endpoints] == [IdentityKind.MAC, IdentityKind.MAC]
+
+
 def test_a_gateway_mac_is_never_an_identity(site: Site) -> None:
     # Routed traffic: one source MAC (the router's) carries many addresses.
     routed = [obs(i, "x.example", f"10.9.0.{i + 1}", ROUTER) for i in range(12)]
