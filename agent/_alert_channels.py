@@ -50,7 +50,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from agent._export import lanterne_version
@@ -78,6 +79,8 @@ MAX_CEF_VALUE: Final = 1000
 SYSLOG_DIGEST_NAMES: Final = 10
 BODY_VERSION: Final = 1
 _CHUNK: Final = 500  # bound IN (...) lists
+#: How long a run holds a message it is sending before another run may take it over.
+CLAIM_LEASE: Final = timedelta(minutes=5)
 
 
 class ChannelError(Exception):
@@ -650,19 +653,21 @@ def queue_pending(session: Session, channel: AlertChannel, now: datetime) -> int
             select(AlertDelivery.id).where(AlertDelivery.channel == channel.name, AlertDelivery.key == key)
         )
         if known is None:
-            session.add(
-                AlertDelivery(
-                    channel=channel.name,
-                    key=key,
-                    kind=kind,
-                    items=[[alert.id, str(alert.state)] for alert in alerts],
-                    body=body,
-                    status=DeliveryStatus.PENDING,
-                    attempts=0,
-                    created_at=now,
-                    next_attempt_at=now,
+            # Another agent's run may queue the same key at the same moment: the constraint decides.
+            with contextlib.suppress(IntegrityError), session.begin_nested():
+                session.add(
+                    AlertDelivery(
+                        channel=channel.name,
+                        key=key,
+                        kind=kind,
+                        items=[[alert.id, str(alert.state)] for alert in alerts],
+                        body=body,
+                        status=DeliveryStatus.PENDING,
+                        attempts=0,
+                        created_at=now,
+                        next_attempt_at=now,
+                    )
                 )
-            )
         for alert in alerts:
             _mark(
                 alert,
@@ -787,6 +792,23 @@ def _queue(store: Store, channel: AlertChannel, now: datetime) -> tuple[int, lis
     return queued, pending
 
 
+def _claim(store: Store, message_id: int, now: datetime) -> bool:
+    # A conditional update is the lock: of two runs sharing a store (two agents on the central
+    # PostgreSQL), one sends the message; the other sees it leased and leaves it. A run that dies
+    # mid-send loses the lease after CLAIM_LEASE and the message goes again (same key).
+    with store.write() as session:
+        claimed = session.execute(
+            update(AlertDelivery)
+            .where(
+                AlertDelivery.id == message_id,
+                AlertDelivery.status == DeliveryStatus.PENDING,
+                AlertDelivery.next_attempt_at <= now,
+            )
+            .values(next_attempt_at=now + CLAIM_LEASE)
+        )
+        return bool(getattr(claimed, "rowcount", 0))
+
+
 def _save(store: Store, message_id: int, outcome: _Outcome, channel: AlertChannel, now: datetime) -> str:
     with store.write() as session:
         return _record(session, message_id, outcome, channel, now)
@@ -822,8 +844,11 @@ async def _async_run_channel(
     report.queued_events = queued
     try:
         for index, message in enumerate(pending):
-            if as_utc(message.next_attempt_at) > now:
-                # The head waits for its backoff: later messages wait too, so order is kept.
+            if as_utc(message.next_attempt_at) > now or not await asyncio.to_thread(
+                _claim, store, message.id, now
+            ):
+                # The head waits for its backoff (or another run holds it): later messages wait
+                # too, so the order is kept.
                 report.waiting = len(pending) - index
                 break
             outcome = await _async_attempts(channel, message, sleep)

@@ -15,7 +15,7 @@ from typing import Final
 
 from agent._export import FORMATS, cartographie, export_meta
 from agent._reconcile import ReconcileConfig, reconcile
-from agent._review import ReviewPolicy, decide
+from agent._review import ReviewError, ReviewPolicy, decide
 from agent._users import Principal
 from agent.web._schemas import ReviewOut
 from agent.web._settings import WebSettings
@@ -61,7 +61,7 @@ def record_decision(
     conditions: str | None = None,
     expires_at: datetime | None = None,
 ) -> ReviewOut:
-    """Record a decision by ``principal`` and reconcile its site; raise ReviewError or NotFound."""
+    """Record a decision by ``principal`` and reconcile its site; ReviewError, or NotFound for no alert."""
     now = settings.clock()
     with store.write() as session:
         if alert_id is not None:
@@ -70,7 +70,7 @@ def record_decision(
             target: int | str = alert_id
         else:
             if not site or not product_key:
-                raise NotFound("a decision names an alert_id, or a site and a product_key")
+                raise ReviewError("a decision names an alert_id, or a site and a product_key")
             target = product_key
         review = decide(
             session,

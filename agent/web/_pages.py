@@ -42,12 +42,13 @@ from agent.web._security import (
     PageUser,
     PageViewer,
     check_csrf,
-    cookie_options,
+    clear_cookie,
     get_settings,
     get_store,
     new_login_nonce,
     safe_next,
     same_origin,
+    set_cookie,
 )
 from agent.web._settings import DEFAULT_PAGE, MAX_PAGE
 from fingerprints import Catalog
@@ -170,7 +171,7 @@ def _login_page(
         {"user": None, "nonce": nonce, "next": next_url, "error": error},
         status_code=status_code,
     )
-    response.set_cookie(LOGIN_COOKIE, nonce, max_age=LOGIN_NONCE_AGE, **cookie_options(get_settings(request)))  # type: ignore[arg-type]
+    set_cookie(response, LOGIN_COOKIE, nonce, LOGIN_NONCE_AGE, get_settings(request))
     return response
 
 
@@ -203,9 +204,8 @@ def login(
     if cookie is None:
         return _login_page(request, target, "Unknown or revoked token.", status.HTTP_401_UNAUTHORIZED)
     response = RedirectResponse(target, status.HTTP_303_SEE_OTHER)
-    options = cookie_options(settings)
-    response.set_cookie(SESSION_COOKIE, cookie, max_age=int(settings.session_ttl.total_seconds()), **options)  # type: ignore[arg-type]
-    response.delete_cookie(LOGIN_COOKIE, **options)  # type: ignore[arg-type]
+    set_cookie(response, SESSION_COOKIE, cookie, int(settings.session_ttl.total_seconds()), settings)
+    clear_cookie(response, LOGIN_COOKIE, settings)
     return response
 
 
@@ -220,7 +220,7 @@ def logout(request: Request, user: PageViewer, csrf_token: FormText = None) -> R
     with get_store(request).write() as session:
         close_session(session, user.cookie)
     response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
-    response.delete_cookie(SESSION_COOKIE, **cookie_options(get_settings(request)))  # type: ignore[arg-type]
+    clear_cookie(response, SESSION_COOKIE, get_settings(request))
     return response
 
 
@@ -362,7 +362,11 @@ def decide_form(
 ) -> Response:
     """Record a decision made in the form (same function as ``lanterne review decide``)."""
     check_csrf(request, user.csrf_token, csrf_token)
-    alert = int(alert_id) if alert_id and alert_id.isdigit() and len(alert_id) < 16 else None
+    alert = (
+        int(alert_id)
+        if alert_id and alert_id.isascii() and alert_id.isdigit() and len(alert_id) < 16
+        else None
+    )
     form = _decision_values(decision=decision, reason=reason, conditions=conditions, expires=expires)
 
     def again(message: str) -> Response:

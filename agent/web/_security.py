@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Final
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from fastapi import BackgroundTasks, Depends, HTTPException, Request, status
+from fastapi import BackgroundTasks, Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -269,11 +269,19 @@ def safe_next(target: str | None, default: str = "/alerts") -> str:
     return target
 
 
-def cookie_options(settings: WebSettings) -> dict[str, object]:
-    """The attributes of every cookie the UI sets."""
-    return {"httponly": True, "samesite": "strict", "secure": settings.cookie_secure, "path": "/"}
+def set_cookie(response: Response, name: str, value: str, max_age: int, settings: WebSettings) -> None:
+    """Set a cookie with the attributes every UI cookie has (HttpOnly, SameSite=Strict, Secure over TLS)."""
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=settings.cookie_secure,
+    )
 
 
-def role_names(roles: Iterable[UserRole]) -> list[str]:
-    """Role values, for forms."""
-    return [str(role) for role in roles]
+def clear_cookie(response: Response, name: str, settings: WebSettings) -> None:
+    """Delete a cookie set by ``set_cookie``."""
+    response.delete_cookie(name, path="/", httponly=True, samesite="strict", secure=settings.cookie_secure)

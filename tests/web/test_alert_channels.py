@@ -598,3 +598,20 @@ async def test_a_delivery_run_survives_a_broken_channel(sqlite_store: Store) -> 
     report = await async_deliver_pending(sqlite_store, [Broken("broken")], NOW, sleep=no_sleep)
     assert report.channels["broken"].error == "RuntimeError: bug"
     assert report.delivered == 0
+
+
+async def test_two_runs_sharing_a_store_send_each_message_once(
+    alerts_store: Store, http_receiver: HttpReceiver
+) -> None:
+    # Two agents with the same channel on the central store: each message is claimed by one run.
+    first, second = webhook(http_receiver.url), webhook(http_receiver.url)
+    reports = await asyncio.gather(
+        async_deliver_pending(alerts_store, [first], NOW, sleep=no_sleep),
+        async_deliver_pending(alerts_store, [second], NOW, sleep=no_sleep),
+    )
+    assert sum(report.delivered for report in reports) <= 3
+    for _ in range(3):  # whichever run stepped back finishes on a later run
+        await async_deliver_pending(alerts_store, [first], NOW + timedelta(minutes=10), sleep=no_sleep)
+    keys = [request.headers["idempotency-key"] for request in http_receiver.accepted()]
+    assert sorted(keys) == sorted(f"alert:{alert_id}:open" for alert_id in alert_ids(alerts_store))
+    assert [message.status for message in outbox(alerts_store)] == [DeliveryStatus.DELIVERED] * 3

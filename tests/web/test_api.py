@@ -236,7 +236,7 @@ async def test_decisions_that_cannot_be_recorded(client: httpx.AsyncClient, data
         return await client.post("/api/v1/decisions", json=body, headers=headers)
 
     assert (await post(alert_id=999999, decision="approved", reason="x")).status_code == 404
-    assert (await post(decision="approved", reason="x")).status_code == 404
+    assert (await post(decision="approved", reason="x")).status_code == 422
     missing = await post(alert_id=data.chatgpt_alert, decision="approved_with_conditions", reason="x")
     assert missing.status_code == 422
     assert "needs the conditions and their expiry" in missing.json()["detail"]

@@ -257,6 +257,16 @@ async def test_a_decision_by_product_and_its_errors(
         },
     )
     assert unknown.status_code == 404
+    odd = await client.post(
+        "/decide",
+        data={
+            "csrf_token": fields["csrf_token"],
+            "alert_id": "\u00b2",
+            "decision": "approved",
+            "reason": "x",
+        },
+    )
+    assert odd.status_code == 400  # neither an alert nor a product: nothing to decide on
 
 
 async def test_csrf_and_roles_guard_the_decision_form(
