@@ -93,8 +93,17 @@ def sites(session: Session) -> list[str]:
     return sorted(found)
 
 
-def scope_of(product_id: str | None, category: str | None, catalog: Catalog) -> list[Scope]:
-    """Whether a product is an AI tool, a medical device (DMN), both, or neither."""
+#: What the declared inventory says of a product: (is_ai, is_dmn), each None when not declared.
+Declared = tuple[bool | None, bool | None]
+
+
+def scope_of(
+    product_id: str | None, category: str | None, catalog: Catalog, declared: Declared = (None, None)
+) -> list[Scope]:
+    """Whether a product is an AI tool, a medical device (DMN), both, or neither.
+
+    What the hospital declared wins, as in the export; else the catalogue, else the category.
+    """
     product = catalog.by_id.get(product_id or "")
     category = category or (None if product is None else str(product.category))
     ai = category in AI_CATEGORIES
@@ -102,6 +111,9 @@ def scope_of(product_id: str | None, category: str | None, catalog: Catalog) -> 
     if product is not None:
         ai = ai or product.ai is Tristate.YES
         dmn = dmn or product.medical_purpose is Tristate.YES
+    declared_ai, declared_dmn = declared
+    ai = ai if declared_ai is None else declared_ai
+    dmn = dmn if declared_dmn is None else declared_dmn
     scopes: list[Scope] = []
     if ai:
         scopes.append("ai")
@@ -110,13 +122,37 @@ def scope_of(product_id: str | None, category: str | None, catalog: Catalog) -> 
     return scopes or ["other"]
 
 
-def alert_out(alert: Alert, catalog: Catalog) -> AlertOut:
-    """The document of an alert."""
+def declarations(session: Session, alerts: Sequence[Alert]) -> dict[tuple[str, str], Declared]:
+    """The declared AI/DMN flags of the entries the alerts' products were matched to, by (site, ref)."""
+    wanted = {
+        (alert.site, str(ref)) for alert in alerts for ref in (alert.summary or {}).get("entry_refs") or ()
+    }
+    found: dict[tuple[str, str], Declared] = {}
+    for site in sorted({site for site, _ref in wanted}):
+        refs = sorted(ref for entry_site, ref in wanted if entry_site == site)
+        for start in range(0, len(refs), 500):
+            for entry in session.scalars(
+                select(InventoryEntry).where(
+                    InventoryEntry.site == site, InventoryEntry.ref.in_(refs[start : start + 500])
+                )
+            ):
+                found[(site, entry.ref)] = (entry.is_ai, entry.is_dmn)
+    return found
+
+
+def alert_out(
+    alert: Alert, catalog: Catalog, declared: dict[tuple[str, str], Declared] | None = None
+) -> AlertOut:
+    """The document of an alert (``declared``: the flags of ``declarations``, when known)."""
     summary: dict[str, Any] = dict(alert.summary or {})
     product_id = summary.get("product_id") or alert.product_key
     category = summary.get("category")
     if category is None and alert.product_key in catalog.by_id:
         category = str(catalog.by_id[alert.product_key].category)
+    flags = [(declared or {}).get((alert.site, str(ref))) for ref in summary.get("entry_refs") or ()]
+    known = [flag for flag in flags if flag is not None]
+    first_ai = next((ai for ai, _dmn in known if ai is not None), None)
+    first_dmn = next((dmn for _ai, dmn in known if dmn is not None), None)
     return AlertOut(
         id=alert.id,
         site=alert.site,
@@ -125,7 +161,9 @@ def alert_out(alert: Alert, catalog: Catalog) -> AlertOut:
         state=alert.state,
         severity=alert.severity,
         title=alert.title,
-        scope=scope_of(str(product_id), None if category is None else str(category), catalog),
+        scope=scope_of(
+            str(product_id), None if category is None else str(category), catalog, (first_ai, first_dmn)
+        ),
         category=None if category is None else str(category),
         first_raised=alert.first_raised,
         last_seen=alert.last_seen,
@@ -161,7 +199,12 @@ def alerts_page(
 ) -> Page[AlertOut]:
     """The alert queue: most severe and most recent first (the CLI's order), filtered, one page."""
     everything = list_alerts(session, filters.site, include_closed=filters.state != "open")
-    items = [item for item in (alert_out(alert, catalog) for alert in everything) if _matches(item, filters)]
+    declared = declarations(session, everything)
+    items = [
+        item
+        for item in (alert_out(alert, catalog, declared) for alert in everything)
+        if _matches(item, filters)
+    ]
     return Page[AlertOut](items=items[offset : offset + limit], total=len(items), limit=limit, offset=offset)
 
 
@@ -227,11 +270,11 @@ def product_detail(
         rows = product_rows(session, catalog, settings, site)
     row = next((row for row in rows if row.product_key == product_key), None)
     seen = detections(session, [Detection.site == site, Detection.product_key == product_key])
-    alerts = [
-        alert_out(alert, catalog)
-        for alert in list_alerts(session, site, include_closed=True)
-        if alert.product_key == product_key
+    found = [
+        alert for alert in list_alerts(session, site, include_closed=True) if alert.product_key == product_key
     ]
+    declared = declarations(session, found)
+    alerts = [alert_out(alert, catalog, declared) for alert in found]
     reviews = [ReviewOut.model_validate(review) for review in review_history(session, site, product_key)]
     if row is None and not seen and not alerts and not reviews:
         return None
@@ -271,7 +314,7 @@ def alert_detail(
             reviews=[],
             changes=[],
         )
-    return AlertDetail(alert=alert_out(alert, catalog), product=product)
+    return AlertDetail(alert=alert_out(alert, catalog, declarations(session, [alert])), product=product)
 
 
 def _like(text: str) -> str:

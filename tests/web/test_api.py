@@ -11,6 +11,9 @@ import pytest
 from openpyxl import load_workbook
 
 from agent._export import rows_from_json
+from agent.web._views import alert_out, scope_of
+from fingerprints import Catalog
+from store._models import Alert, AlertReason, AlertState
 from tests.web.conftest import EVIL_VENDOR, NOW, SITE, SNI, SYSDESCR, Fixture, bearer
 
 pytestmark = pytest.mark.anyio
@@ -325,3 +328,28 @@ async def test_openapi_is_published_to_authenticated_callers(
     assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert (await client.get(path, headers=bearer(data.tokens.viewer))).status_code == 404
+
+
+def test_declared_flags_win_over_the_catalogue(catalog: Catalog) -> None:
+    assert scope_of("openai-chatgpt", None, catalog) == ["ai"]
+    assert scope_of(None, "medical_device", catalog) == ["dmn"]
+    assert scope_of(None, "pacs", catalog) == ["dmn"]
+    assert scope_of(None, None, catalog) == ["other"]
+    assert scope_of(None, "imaging_ai", catalog, (None, True)) == ["ai", "dmn"]
+    assert scope_of("openai-chatgpt", None, catalog, (False, None)) == ["other"]
+    alert = Alert(
+        id=9,
+        site=SITE,
+        product_key="unknown:Gleamer",
+        reason=AlertReason.DECLARED_MISMATCH,
+        state=AlertState.OPEN,
+        severity="high",
+        title="Gleamer seen otherwise than declared",
+        summary={"category": "imaging_ai", "entry_refs": ["CHW-9"]},
+        first_raised=NOW,
+        last_seen=NOW,
+        occurrences=1,
+        delivered={},
+    )
+    assert alert_out(alert, catalog).scope == ["ai"]
+    assert alert_out(alert, catalog, {(SITE, "CHW-9"): (True, True)}).scope == ["ai", "dmn"]
