@@ -13,8 +13,9 @@ from openpyxl import load_workbook
 from agent._export import rows_from_json
 from agent.web._views import alert_out, scope_of
 from fingerprints import Catalog
-from store._models import Alert, AlertReason, AlertState
-from tests.web.conftest import EVIL_VENDOR, NOW, SITE, SNI, SYSDESCR, Fixture, bearer
+from store import Store
+from store._models import Alert, AlertDelivery, AlertReason, AlertState, DeliveryStatus
+from tests.web.conftest import EVIL_VENDOR, NOW, SITE, SNI, SYSDESCR, Fixture, bearer, sign_in
 
 pytestmark = pytest.mark.anyio
 
@@ -353,3 +354,44 @@ def test_declared_flags_win_over_the_catalogue(catalog: Catalog) -> None:
     )
     assert alert_out(alert, catalog).scope == ["ai"]
     assert alert_out(alert, catalog, {(SITE, "CHW-9"): (True, True)}).scope == ["ai", "dmn"]
+
+
+async def test_deliveries_and_replay(client: httpx.AsyncClient, data: Fixture, store: Store) -> None:
+    with store.write() as session:
+        for key, status in (
+            ("alert:1:open", DeliveryStatus.DEAD),
+            ("alert:2:open", DeliveryStatus.DELIVERED),
+        ):
+            session.add(
+                AlertDelivery(
+                    channel="siem",
+                    key=key,
+                    kind="alert",
+                    items=[[data.chatgpt_alert, "open"]],
+                    body={},
+                    status=status,
+                    attempts=12,
+                    created_at=NOW,
+                    next_attempt_at=NOW,
+                )
+            )
+        alert = session.get(Alert, data.chatgpt_alert)
+        assert alert is not None
+        alert.delivered = {"siem": {"state": "open", "key": "alert:1:open", "status": "dead"}}
+    admin = bearer(data.tokens.admin)
+    dead = (await client.get("/api/v1/deliveries", params={"status": "dead"}, headers=admin)).json()
+    assert [item["key"] for item in dead["items"]] == ["alert:1:open"]
+    assert (
+        await client.post("/api/v1/deliveries/replay", json={}, headers=bearer(data.tokens.reviewer))
+    ).status_code == 403
+    replayed = await client.post("/api/v1/deliveries/replay", json={"channel": "siem"}, headers=admin)
+    assert replayed.json() == {"replayed": 1}
+    assert (await client.post("/api/v1/deliveries/replay", json={"ids": [1]}, headers=admin)).json() == {
+        "replayed": 0
+    }
+    shown = (await client.get(f"/api/v1/alerts/{data.chatgpt_alert}", headers=admin)).json()["alert"]
+    assert shown["delivered"]["siem"]["status"] == "queued"
+    csrf = await sign_in(client, data.tokens.viewer)
+    assert csrf
+    page = await client.get(f"/alerts/{data.chatgpt_alert}")
+    assert "siem: queued (open)" in page.text
