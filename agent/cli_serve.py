@@ -28,6 +28,7 @@ from agent._users import (
     revoke_tokens,
 )
 from agent.cli_inventory import JsonOption, LookbackOption, now_utc, open_db
+from fingerprints import CatalogError, load_catalog
 from store._models import UserRole
 
 users_app = typer.Typer(
@@ -122,8 +123,12 @@ def serve(
         err.print(
             f"serving on http://{escape(host)}:{port}/ (API under /api/v1, schema at /api/openapi.json)"
         )
+        try:
+            catalog = load_catalog()  # now rather than on the first request (it takes a second)
+        except CatalogError as exc:
+            fatal(f"the catalogue does not load: {exc}")
         uvicorn.run(
-            create_app(store, settings),
+            create_app(store, settings, catalog=catalog),
             host=host,
             port=port,
             log_level="info",

@@ -77,7 +77,7 @@ async def _login_required(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    if _is_api(request) or exc.status_code in (304,):
+    if _is_api(request):
         return await http_exception_handler(request, exc)
     response = _pages.error_page(request, exc.status_code, str(exc.detail))
     if exc.headers:
