@@ -20,6 +20,7 @@ from agent import (
     cli_export,
     cli_fingerprints,
     cli_inventory,
+    cli_probe,
     cli_review,
     cli_scan,
     cli_serve,
@@ -40,6 +41,7 @@ app.add_typer(cli_review.alerts_app, name="alerts")
 app.add_typer(cli_review.review_app, name="review")
 app.command("export")(cli_export.export)
 app.command("scan")(cli_scan.scan)
+app.command("probe")(cli_probe.probe)
 app.command("capture")(cli_daemon.capture)
 app.command("run")(cli_daemon.run)
 app.command("doctor")(cli_daemon.doctor)

@@ -63,7 +63,7 @@ class Kind(StrEnum):
     # Kinds only active probes report (collectors.probe); the server side is ``dst`` as for HTTP above.
     ARP_HOST = "arp.host"  # an address that answered an ARP request (value: the IP; src: its IP and MAC)
     HTTP_FAVICON = "http.favicon"  # MD5 hex of a server's /favicon.ico, the form Recog's favicons.xml matches
-    TLS_CERTIFICATE = "tls.certificate"  # a server's certificate subject (attrs: issuer, san, not_after, sha256)
+    TLS_CERTIFICATE = "tls.certificate"  # certificate subject (attrs: issuer, san, not_after, sha256)
     LLM_SERVER = "llm.server"  # a local LLM API recognised by its answers (value: ollama/0.5.7, vllm, ...)
 
 
