@@ -506,7 +506,15 @@ class Daemon:
                 _QUIET.warning("cannot write to the database (windows go to the spool): %s", exc)
         outcome.database_up = not down
         if down and not empty:
-            if self.spool.append(batch_id, window_to_json(window), agent=self.config.agent):
+            try:
+                spooled = self.spool.append(batch_id, window_to_json(window), agent=self.config.agent)
+            except OSError as exc:  # a full or read-only disk: the window cannot be kept anywhere
+                self.spool.stats.shed_batches += 1
+                self.spool.stats.shed_observations += window.observed
+                _QUIET.warning("cannot write the spool %s (window shed): %s", self.spool.path, exc)
+                outcome.shed = True
+                return outcome
+            if spooled:
                 outcome.spooled = True
             else:
                 outcome.shed = True
@@ -660,9 +668,10 @@ class Daemon:
         if store is None or not self._channels:
             return
         report = await async_deliver_pending(store, self._channels, datetime.now(UTC))
-        delivered = sum(getattr(channel, "delivered", 0) for channel in report.channels.values())
-        if delivered:
-            self.metrics.alerts.labels("delivered").inc(delivered)
+        if report.delivered:
+            self.metrics.alerts.labels("delivered").inc(report.delivered)
+        if report.dead:
+            self.metrics.alerts.labels("dead_letter").inc(report.dead)
 
     async def _async_probe(self) -> None:
         """Run an active sweep through the probe module, when this build has one (the gate rules it)."""

@@ -184,8 +184,8 @@ class Spool:
                     if line.strip():
                         batches += 1
             size = self.path.stat().st_size
-        except FileNotFoundError:
-            size = 0
+        except OSError:  # none yet, or not readable: appending will say why (and count what it sheds)
+            batches, size = 0, 0
         self.stats.batches, self.stats.bytes = batches, size
 
     def append(self, batch_id: str, window: dict[str, Any], *, agent: str) -> bool:
@@ -221,7 +221,7 @@ class Spool:
         """The batches in the order they were spooled (corrupt lines skipped and counted)."""
         try:
             handle = self.path.open("rb")
-        except FileNotFoundError:
+        except OSError:
             return
         with handle:
             for raw in handle:

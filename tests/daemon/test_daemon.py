@@ -8,8 +8,10 @@ operators rely on: every observation counted exactly once across outages, replay
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -323,9 +325,7 @@ def test_memory_pressure_drops_caches_and_flushes(
 
 
 def test_endpoints_get_their_service(tmp_path: Path, wire: Wire) -> None:
-    services = ServiceMap(
-        {120: "Radiologie"}, ((__import__("ipaddress").ip_network("10.0.7.0/24"), "Urgences"),)
-    )
+    services = ServiceMap({120: "Radiologie"}, ((ipaddress.ip_network("10.0.7.0/24"), "Urgences"),))
     config = _config(tmp_path, services=services)
     harness = Harness(config, wire)
 
@@ -403,3 +403,77 @@ def test_a_database_down_at_start_does_not_stop_capture(tmp_path: Path, wire: Wi
 
     harness.run(scenario)  # the final flush opens the store and writes
     assert _counts(config.database_url) == {"early.example": 1}
+
+
+def test_several_interfaces_at_once(tmp_path: Path) -> None:
+    wires = {"l5fake0": Wire(), "l5fake1": Wire()}
+    config = _config(tmp_path, capture=CaptureConfig(interfaces=tuple(wires)))
+
+    def opener_factory(iface: str, program: Program | None) -> Any:
+        return wires[iface].opener
+
+    daemon = Daemon(config, index=_index(), opener_factory=opener_factory)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(daemon.async_run(install_signals=False))
+        try:
+            await asyncio.wait_for(daemon.ready.wait(), 30)
+            await _until(
+                lambda: len(daemon.captures) == 2 and all(c.stats.running for c in daemon.captures.values())
+            )
+            wires["l5fake0"].send(_query("zero.example"))
+            wires["l5fake1"].send(_query("one.example", client="10.0.1.1", mac="02:00:00:00:01:01"))
+            await _until(lambda: daemon.decode_stats.packets == 2)
+            assert set(daemon.sample().interfaces) == set(wires)
+        finally:
+            daemon.request_stop()
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        for wire in wires.values():
+            wire.close()
+    assert _counts(config.database_url) == {"zero.example": 1, "one.example": 1}
+
+
+def test_a_spool_that_cannot_be_written_sheds_and_counts(tmp_path: Path, wire: Wire) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the spool directory should be", encoding="utf-8")
+    config = _config(tmp_path, spool=SpoolConfig(path=blocked / "spool.jsonl"))
+    harness = Harness(config, wire, store_opener=Flaky())
+
+    async def scenario(daemon: Daemon) -> None:
+        await harness.send([_query("nowhere.example")])
+        outcome = await daemon.async_flush()
+        assert outcome.shed
+        assert not outcome.spooled
+        assert daemon.sample().shed["spool_observations"] == 1
+
+    harness.run(scenario)
+
+
+def test_the_digest_job_delivers_alerts_to_a_channel(tmp_path: Path, wire: Wire) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(10)
+    channel = {"name": "siem", "type": "syslog", "host": "127.0.0.1", "port": listener.getsockname()[1]}
+    config = _config(tmp_path, alert_channels=(channel,))
+    harness = Harness(config, wire)
+
+    async def scenario(daemon: Daemon) -> None:
+        scheduler = daemon._scheduler
+        assert scheduler is not None
+        assert scheduler.get_job("digest") is not None
+        await harness.send([_query("chatgpt.com")])
+        await daemon.async_flush()
+        await daemon._async_reconcile()
+        await daemon._async_digest()
+
+    try:
+        harness.run(scenario)
+        message = listener.recv(65536).decode("utf-8", "replace")
+    finally:
+        listener.close()
+    assert "CEF:0|" in message
+    assert "openai-chatgpt" in message or "ChatGPT" in message
