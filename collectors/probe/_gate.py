@@ -16,8 +16,10 @@ calls the action. For each probe, in this order:
 4. **Global packet rate**: a token bucket over the packets of all probes (``rate`` per second,
    ``burst`` at most at once). Each attempt takes its estimated packets *before* sending; what a
    probe only learns afterwards (ACKs of a longer answer, mDNS queries sent by zeroconf) is charged
-   as debt, which delays the next probe. Over any interval of T seconds the probes send at most
-   ``rate * T + burst`` packets, plus any debt not yet paid back.
+   as debt, which delays the next probe. The bucket runs ``KERNEL_HEADROOM`` below ``rate``: the
+   kernel sends a few packets nobody asked for (ARP replies to neighbours, IGMP reports). Over any
+   interval of T seconds the machine sends at most ``rate * T + burst`` packets, plus any debt
+   not yet paid back.
 5. **Short timeouts, bounded retries**: an attempt gets ``timeout`` seconds (2 by default); a
    timeout is retried ``retries`` times (1 by default); no other failure is retried.
 6. **Every attempt is recorded** (:class:`ProbeRecord`: target, protocol, port, time, outcome,
@@ -57,6 +59,8 @@ DEFAULT_RETRIES: Final = 1
 MAX_RATE: Final = 10_000.0
 MAX_TIMEOUT: Final = 30.0
 MAX_RETRIES: Final = 3
+#: Share of the rate left to what the kernel sends on its own (ARP replies, IGMP, retransmissions).
+KERNEL_HEADROOM: Final = 0.05
 #: Seconds the gate waits beyond a probe's own timeout before it gives up on the action itself
 #: (probers map their libraries' timeouts first; this only catches one that hangs).
 BACKSTOP_GRACE: Final = 0.5
@@ -295,7 +299,9 @@ class SafetyGate:
     ) -> None:
         self.policy = policy
         self.medical = medical if medical is not None else MedicalRegistry()
-        self.bucket = bucket if bucket is not None else TokenBucket(policy.rate, policy.burst)
+        if bucket is None:
+            bucket = TokenBucket(policy.rate * (1 - KERNEL_HEADROOM), policy.burst)
+        self.bucket = bucket
         self.stats = GateStats()
         self._record = record
         self._clock = clock

@@ -41,6 +41,8 @@ MAX_INSTANCES: Final = 4096
 #: TXT strings and addresses kept per instance.
 MAX_TXT: Final = 32
 MAX_ADDRESSES: Final = 4
+#: IGMP reports the kernel sends when a socket joins (or leaves) the mDNS group on an interface.
+IGMP_PACKETS: Final = 2
 #: Seconds a resolution waits for the instance's SRV, TXT and address records.
 DEFAULT_RESOLVE_TIMEOUT: Final = 3.0
 
@@ -186,6 +188,7 @@ class MdnsBrowser:
         self._zeroconf = self._factory(
             [interface.address for interface in self._bound], self.gate.bucket, self._sent
         )
+        self.gate.bucket.charge(IGMP_PACKETS * len(self._bound))
         for interface in self._bound:
             what = f"mDNS browse on {interface.name}: PTR {SERVICE_TYPE_ENUMERATION}, then each type found"
             self.gate.log(MDNS_GROUP, "mdns", MDNS_PORT, Outcome.OK, f"{what}; started")
@@ -255,6 +258,7 @@ class MdnsBrowser:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         zeroconf, self._zeroconf = self._zeroconf, None
         await zeroconf.async_close()
+        self.gate.bucket.charge(IGMP_PACKETS * len(self._bound))
         names = ", ".join(interface.name for interface in self._bound)
         detail = (
             f"mDNS browse on {names} stopped: {self._sent[0]} query packets sent, "

@@ -184,7 +184,11 @@ class SnmpClient(Protocol):
 
 
 class PysnmpClient:
-    """The SNMP client over pysnmp 7 (asyncio); one engine for all the GETs of a sweep."""
+    """The SNMP client over pysnmp 7 (asyncio); one engine per credential for all the GETs of a sweep.
+
+    One engine per credential because pysnmp keeps one USM entry per user name and engine: two
+    credentials of one user (a key being rotated) in one engine would use each other's keys.
+    """
 
     def __init__(
         self,
@@ -194,24 +198,26 @@ class PysnmpClient:
     ) -> None:
         self._engine_factory = engine_factory
         self._command = command
-        self._engine: Any = None
+        self._engines: dict[SnmpCredential, Any] = {}
 
-    def _engine_now(self) -> Any:
-        if self._engine is None:
+    def _engine_for(self, credential: SnmpCredential) -> Any:
+        engine = self._engines.get(credential)
+        if engine is None:
             if self._engine_factory is None:
                 # Local import: pysnmp's import is heavy and only a sweep with SNMP needs it.
                 from pysnmp.hlapi.v3arch.asyncio import SnmpEngine  # noqa: PLC0415
 
-                self._engine = SnmpEngine()
+                engine = SnmpEngine()
             else:
-                self._engine = self._engine_factory()
-        return self._engine
+                engine = self._engine_factory()
+            self._engines[credential] = engine
+        return engine
 
     async def get(
         self, host: str, port: int, credential: SnmpCredential, oids: Sequence[str], seconds: float
     ) -> SnmpValues:
         """GET ``oids``; map pysnmp's outcome to values or a ProbeError."""
-        from pysnmp.error import PySnmpError  # noqa: PLC0415 - see _engine_now
+        from pysnmp.error import PySnmpError  # noqa: PLC0415 - see _engine_for
         from pysnmp.hlapi.v3arch.asyncio import (  # noqa: PLC0415
             ContextData,
             ObjectIdentity,
@@ -221,7 +227,7 @@ class PysnmpClient:
         )
 
         command = self._command or get_cmd
-        engine = self._engine_now()
+        engine = self._engine_for(credential)
         try:
             # retries=0: the safety gate retries, so each packet is charged and logged.
             target = await UdpTransportTarget.create((host, port), timeout=seconds, retries=0)
@@ -246,12 +252,12 @@ class PysnmpClient:
         return _values(varbinds)
 
     async def aclose(self) -> None:
-        """Close the engine's sockets."""
-        if self._engine is not None:
-            close = getattr(self._engine, "close_dispatcher", None)
+        """Close the engines' sockets."""
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            close = getattr(engine, "close_dispatcher", None)
             if close is not None:
                 close()
-            self._engine = None
 
 
 def _word(text: str) -> str:
@@ -277,7 +283,7 @@ def _map_indication(indication: object, credential: SnmpCredential) -> ProbeErro
 
 def _auth_data(credential: SnmpCredential) -> Any:
     """pysnmp's CommunityData or UsmUserData for ``credential``."""
-    from pysnmp.hlapi.v3arch.asyncio import CommunityData, UsmUserData  # noqa: PLC0415 - see _engine_now
+    from pysnmp.hlapi.v3arch.asyncio import CommunityData, UsmUserData  # noqa: PLC0415 - see _engine_for
     from pysnmp.hlapi.v3arch.asyncio import auth as usm  # noqa: PLC0415
 
     if credential.version == "2c":
