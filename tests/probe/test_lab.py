@@ -236,7 +236,7 @@ def test_results_are_stored_matched_and_reconciled_like_passive_ones(lab_run: La
         joined = select(Detection.product_key, EndpointRow.ip).join(
             EndpointRow, EndpointRow.id == Detection.endpoint_id
         )
-        by_product = dict(session.execute(joined).tuples().all())
+        by_product: dict[str, str] = dict(session.execute(joined).all())  # type: ignore[arg-type]
         values = {
             (kind, value)
             for kind, value in session.execute(select(ObservationAggregate.kind, ObservationAggregate.value))
