@@ -213,18 +213,23 @@ def replay(veth: Veth, capture: Path, rate: str, loops: int = 1) -> float:
 
 
 def one_rate(
-    veth: Veth, rate: str, capture: Path, expression: str, work: Path, *, solo: bool
+    veth: Veth, rate: str, capture: Path, expression: str, work: Path, *, solo: bool, raw_only: bool = False
 ) -> dict[str, object]:
-    """One replay with the three capturers listening (``solo``: Lanterne alone; ``rate*N``: N loops)."""
+    """One replay with the three capturers listening (``solo``: Lanterne alone; ``rate*N``: N loops).
+
+    ``raw_only``: Lanterne keeps CAP_NET_RAW and loses CAP_NET_ADMIN, as under the systemd unit: its
+    receive buffer is then capped by ``net.core.rmem_max``.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_DATA_HOME": str(work / "xdg")}
-    label = f"{rate}-solo" if solo else rate
+    label = f"{rate}-raw-only" if raw_only else f"{rate}-solo" if solo else rate
     rate, _, times = rate.partition("*")
     loops = int(times or 1)
     database = work / f"lanterne-{label}.db"
     tshark_file = work / f"tshark-{label}.pcap"
     command = ("capture", "-i", veth.rx_if, "--db", f"sqlite:///{database}", "--json")
+    privileges = ("setpriv", "--bounding-set", "-net_admin") if raw_only else ()
     lanterne = subprocess.Popen(
-        in_ns(veth.rx, sys.executable, "-m", "agent", *command),
+        in_ns(veth.rx, *privileges, sys.executable, "-m", "agent", *command),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -265,6 +270,7 @@ def one_rate(
     result: dict[str, object] = {
         "rate": label,
         "loops": loops,
+        "rmem_max": int(Path("/proc/sys/net/core/rmem_max").read_text(encoding="ascii")),
         "achieved_pps": achieved,
         "replay_seconds": round(replay_seconds, 2),
         "lanterne_cpu_seconds": round(cpu, 2),
@@ -316,7 +322,7 @@ def table(results: list[dict[str, object]], sent: dict[str, int], offline_tshark
         f"(tshark offline: dns {offline_tshark['dns']}, sni {offline_tshark['sni']}, "
         f"host {offline_tshark['host']})",
         "",
-        f"{'offered':>11} {'achieved':>9} | {'Lanterne dns/sni/host':>24} {'lost':>6} | "
+        f"{'offered':>15} {'achieved':>9} | {'Lanterne dns/sni/host':>24} {'lost':>6} | "
         f"{'tshark dns/sni/host':>22} {'lost':>6} | {'AsyncSniffer dns/sni/host':>26} {'lost':>6}",
     ]
     for result in results:
@@ -330,7 +336,7 @@ def table(results: list[dict[str, object]], sent: dict[str, int], offline_tshark
             lost = sum(max(0, loops * sent[e] - counts[e]) for e in EVENTS)
             cells.append((f"{counts['dns']}/{counts['sni']}/{counts['host']}", lost))
         lines.append(
-            f"{result['rate']:>11} {result['achieved_pps']:>9.0f} | {cells[0][0]:>24} {cells[0][1]:>6} | "
+            f"{result['rate']:>15} {result['achieved_pps']:>9.0f} | {cells[0][0]:>24} {cells[0][1]:>6} | "
             f"{cells[1][0]:>22} {cells[1][1]:>6} | {cells[2][0]:>26} {cells[2][1]:>6}"
         )
     return "\n".join(lines)
@@ -347,6 +353,11 @@ def main() -> int:
         "--solo",
         default="200000,top,top*4",
         help="rates replayed again with Lanterne alone (the others cost CPU); rate*N replays N times",
+    )
+    parser.add_argument(
+        "--raw-only",
+        default="top*4",
+        help="rates replayed with Lanterne alone and without CAP_NET_ADMIN (buffer capped by rmem_max)",
     )
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle measurement (0: skip)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -365,10 +376,11 @@ def main() -> int:
             capture = first_packets(CAPTURE, args.packets, work)
             sent = lanterne_truth(capture)
             offline_tshark = tshark_counts(capture)
-            runs = [(rate, False) for rate in args.rates.split(",") if rate]
-            runs += [(rate, True) for rate in args.solo.split(",") if rate]
-            for rate, solo in runs:
-                result = one_rate(veth, rate.strip(), capture, expression, work, solo=solo)
+            runs = [(rate, False, False) for rate in args.rates.split(",") if rate]
+            runs += [(rate, True, False) for rate in args.solo.split(",") if rate]
+            runs += [(rate, True, True) for rate in args.raw_only.split(",") if rate]
+            for rate, solo, raw_only in runs:
+                result = one_rate(veth, rate.strip(), capture, expression, work, solo=solo, raw_only=raw_only)
                 print(json.dumps(result), file=sys.stderr, flush=True)
                 results.append(result)
             if args.idle > 0:
@@ -383,7 +395,7 @@ def main() -> int:
     ]
     first_loss = str(lossy[0]["rate"]) if lossy else "none up to the top speed"
     print(f"\nLanterne: loss starts at: {first_loss}")
-    solo = [r for r in results if str(r["rate"]).endswith("-solo") and r.get("lanterne_capacity_pps")]
+    solo = [r for r in results if "-" in str(r["rate"]) and r.get("lanterne_capacity_pps")]
     if solo:
         heaviest = max(solo, key=lambda r: float(str(r["achieved_pps"])) * int(str(r["loops"])))
         print(

@@ -105,7 +105,15 @@ def start_http_server(server: Host, workdir: Path, *, port: int = 80) -> None:
 class SensorDaemon:
     """``lanterne run`` in the sensor namespace with a configuration written for the lab."""
 
-    def __init__(self, sensor: Host, workdir: Path, *, database: str | None = None, extra: str = "") -> None:
+    def __init__(
+        self,
+        sensor: Host,
+        workdir: Path,
+        *,
+        database: str | None = None,
+        extra: str = "",
+        reconcile_seconds: float = 2,
+    ) -> None:
         self.sensor = sensor
         self.workdir = workdir
         self.database = database or f"sqlite:///{workdir / 'lanterne.db'}"
@@ -115,7 +123,7 @@ class SensorDaemon:
             f'agent = "l5-sensor"\nsite = "lab"\n'
             f'[database]\nurl = "{self.database}"\n'
             f'[capture]\ninterfaces = ["{sensor.iface}"]\n'
-            f"[schedule]\nflush_seconds = 1\nreconcile_seconds = 2\n"
+            f"[schedule]\nflush_seconds = 1\nreconcile_seconds = {reconcile_seconds}\n"
             f'[spool]\npath = "{workdir / "spool.jsonl"}"\n'
             f'[metrics]\naddress = "127.0.0.1:9850"\n'
             f'[logging]\nlevel = "info"\n{extra}',

@@ -48,7 +48,7 @@ class PrivateCluster:
         assert bindir is not None
         self.bindir = bindir
         self.port = port
-        self.root = Path(tempfile.mkdtemp(prefix="l5pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix=f"l5pg-{os.getpid()}-"))
         os.chmod(self.root, 0o755)
         shutil.chown(self.root, "postgres", "postgres")
         self.data = self.root / "data"
@@ -119,9 +119,37 @@ class PrivateCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def cleanup_stale() -> None:
+    """Stop and remove the private clusters of runs that died (SIGKILL, a crash) before their teardown."""
+    for root in Path(tempfile.gettempdir()).glob("l5pg-*-*"):
+        owner = root.name.split("-")[1]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue  # not ours, or its run is still alive
+        bindir = _bindir()
+        if bindir is not None and (root / "data" / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(
+                    [
+                        *_RUN_AS,
+                        str(bindir / "pg_ctl"),
+                        "-D",
+                        str(root / "data"),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                    ],
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def private_cluster(port: int = 5499) -> Iterator[PrivateCluster]:
     """A started private cluster, always removed afterwards."""
+    cleanup_stale()
     cluster = PrivateCluster(port)
     try:
         cluster.init()
