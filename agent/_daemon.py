@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import signal
@@ -674,27 +673,20 @@ class Daemon:
             self.metrics.alerts.labels("dead_letter").inc(report.dead)
 
     async def _async_probe(self) -> None:
-        """Run an active sweep through the probe module, when this build has one (the gate rules it)."""
-        try:
-            from agent import _probing  # type: ignore[attr-defined,unused-ignore]  # noqa: PLC0415
-        except ImportError:
-            _QUIET.warning("active probing is enabled but this build has no probe module: skipped")
-            return
-        sweep = getattr(_probing, "async_sweep", None)
+        """Run one active sweep of the ``[probe]`` scope (the probe module's gate rules every probe)."""
+        from agent._probing import async_sweep  # noqa: PLC0415 - only when probing is enabled
+
         store = await self._in_thread(self._open_store_blocking)
-        if sweep is None or store is None:
+        if store is None:
+            _QUIET.warning("active sweep postponed: the database is unreachable")
             return
-        # The sweep takes what it declares among these (its module owns the signature).
-        offered: dict[str, Any] = {
-            "store": store,
-            "config": self.config,
-            "policy": self.config.probe.policy,
-            "probe": self.config.probe,
-            "site": self.config.site,
-            "agent": self.config.agent,
-            "index": self.index,
-            "now": datetime.now(UTC),
-            "emit": self.emit,
-        }
-        parameters = inspect.signature(sweep).parameters
-        await sweep(**{name: value for name, value in offered.items() if name in parameters})
+        report = await async_sweep(
+            self.config, store, site=self.config.site, agent=self.config.agent, index=self.index
+        )
+        _LOGGER.info(
+            "active sweep: %d targets, %d alive, %d medical devices left alone, probes %s",
+            report.targets,
+            len(report.alive),
+            len(report.medical_skipped),
+            dict(report.outcomes),
+        )

@@ -14,6 +14,7 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -477,3 +478,41 @@ def test_the_digest_job_delivers_alerts_to_a_channel(tmp_path: Path, wire: Wire)
         listener.close()
     assert "CEF:0|" in message
     assert "openai-chatgpt" in message or "ChatGPT" in message
+
+
+def test_the_probe_job_hands_the_sweep_its_scope(
+    tmp_path: Path, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent._probing as probing
+    from agent._config import parse_config
+
+    probe = parse_config(
+        {
+            "database": {"url": "sqlite://"},
+            "probe": {"enabled": True, "allow": ["10.55.0.0/24"], "dry_run": True},
+        },
+        env={},
+    ).probe
+    config = _config(tmp_path, probe=probe)
+    calls: list[dict[str, Any]] = []
+
+    async def fake_sweep(config: Any, store: Any, **options: Any) -> Any:
+        # Never a real sweep in a unit test: nothing may leave this machine.
+        calls.append({"config": config, "store": store, **options})
+        return probing.SweepReport(started=datetime.now(UTC))
+
+    monkeypatch.setattr(probing, "async_sweep", fake_sweep)
+    harness = Harness(config, wire)
+
+    async def scenario(daemon: Daemon) -> None:
+        scheduler = daemon._scheduler
+        assert scheduler is not None
+        job = scheduler.get_job("probe")
+        assert job is not None
+        assert (job.max_instances, job.coalesce) == (1, True)
+        await daemon._async_probe()
+
+    harness.run(scenario)
+    (call,) = calls
+    assert call["config"].probe.policy.dry_run
+    assert (call["site"], call["agent"]) == ("lab", "l5-test")
