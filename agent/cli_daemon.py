@@ -218,8 +218,9 @@ def doctor(
     table = Table(title="lanterne doctor", title_justify="left")
     table.add_column("check")
     table.add_column("")
-    table.add_column("found")
-    table.add_column("fix")
+    # Fold long values (paths, URLs, commands): a fix cut with an ellipsis cannot be copied.
+    table.add_column("found", overflow="fold")
+    table.add_column("fix", overflow="fold")
     for check in checks:
         table.add_row(escape(check.name), marks[check.status], escape(check.detail), escape(check.fix or ""))
     err.print(table)
