@@ -8,10 +8,10 @@
    them unless ``probe_medical`` is set.
 2. Every target address is checked by the gate (scope, deny list, passive-only, medical); a host it
    refuses gets one ``denied`` row in the probe log and nothing else.
-3. mDNS browsing starts on the allowed interfaces and listens while the rest runs (at least
-   ``mdns_listen`` seconds).
-4. ARP sweep of the targets on directly attached subnets: who is alive, with which MAC. A MAC of a
+3. ARP sweep of the targets on directly attached subnets: who is alive, with which MAC. A MAC of a
    medical maker makes the host off-limits at once. Targets elsewhere get a TCP liveness check.
+4. mDNS browsing starts on the allowed interfaces and listens while the rest runs (at least
+   ``mdns_listen`` seconds).
 5. Each live host, one probe at a time, gentlest first: SNMP, HTTP(S), then DICOM C-ECHO when
    enabled. A host found to be a medical device by one probe is not probed any further.
 6. The Observations go through the same path as passive ones (aggregate, match, store, reconcile:
@@ -755,6 +755,12 @@ async def async_sweep(
         relevant = [
             iface for iface in interfaces if any(_overlaps(iface.network, net) for net in config.targets)
         ]
+        covered: set[str] = set()
+        if config.arp:
+            covered = await sweep.arp(relevant, admitted)
+        # mDNS after ARP: the neighbours learnt our MAC from our requests, so their unicast answers
+        # to our first (QU) queries need no ARP request to us, nor a reply from our kernel.
+        started = time.monotonic()
         if config.mdns and relevant:
             options: dict[str, Any] = {"agent": agent}
             if clients.zeroconf is not None:
@@ -765,9 +771,6 @@ async def async_sweep(
             except OSError as exc:
                 report.notes.append(f"mDNS browsing could not start ({exc.strerror})")
                 browser = None
-        covered: set[str] = set()
-        if config.arp:
-            covered = await sweep.arp(relevant, admitted)
         plan: list[tuple[str, bool]] = []
         for ip in admitted:
             if ip not in covered:

@@ -205,7 +205,14 @@ class DicomProber:
             probe = Probe(host, "dicom", port, what, packets=ECHO_PACKETS)
 
             async def action(ticket: ProbeTicket, port: int = port) -> EchoAnswer:
-                await self._port_check(host, port, ticket.timeout)
+                try:
+                    await self._port_check(host, port, ticket.timeout)
+                except ProbeRefused:
+                    ticket.refund(ECHO_PACKETS - 1)  # one SYN, answered by a reset
+                    raise
+                except ProbeUnreachable:
+                    ticket.refund(ECHO_PACKETS - 2)  # a SYN and its retransmit, then an ICMP error
+                    raise
                 answer = await asyncio.to_thread(
                     _echo_blocking,
                     self._ae_factory,

@@ -180,6 +180,11 @@ class ProbeTicket:
         if packets > 0:
             self._bucket.charge(packets)
 
+    def refund(self, packets: int) -> None:
+        """Give back packets of the estimate surely not sent (a refused connection sent one SYN)."""
+        if packets > 0:
+            self._bucket.refund(packets)
+
 
 class TokenBucket:
     """A global packet-rate limit: ``rate`` tokens a second, ``burst`` deep, waiters served in order."""
@@ -225,6 +230,12 @@ class TokenBucket:
         self._refill()
         self._tokens -= packets
         self.packets += packets
+
+    def refund(self, packets: int) -> None:
+        """Return tokens taken for packets that were not sent (never above the bucket's depth)."""
+        self._refill()
+        self._tokens = min(self.capacity, self._tokens + packets)
+        self.packets -= packets
 
 
 class MedicalRegistry:

@@ -517,7 +517,11 @@ class _HostSession:
                 answer = await _fetch(self.client, url, limit)
             except httpx.HTTPError as exc:
                 self.open_ports.discard(port)
-                raise map_http_error(exc) from exc
+                error = map_http_error(exc)
+                if new and isinstance(error, ProbeRefused | ProbeUnreachable):
+                    # A reset answered the SYN (an ICMP error may come after its retransmit): no more sent.
+                    ticket.refund(packets - (1 if isinstance(error, ProbeRefused) else 2))
+                raise error from exc
             # ACKs of a longer answer, beyond the one counted in the estimate.
             ticket.charge(max(0, math.ceil(len(answer.body) / _BYTES_PER_ACK) - 1))
             if answer.closes or answer.truncated:

@@ -36,6 +36,7 @@ async def _connect(host: str, port: int, ticket: ProbeTicket) -> bool:
         async with asyncio.timeout(ticket.timeout):
             _reader, writer = await asyncio.open_connection(host, port)
     except ConnectionRefusedError as exc:
+        ticket.refund(LIVENESS_PACKETS - 1)  # one SYN, answered by a reset
         raise ProbeRefused("connection refused (TCP reset): the host is there") from exc
     except TimeoutError as exc:
         raise ProbeTimeout("no answer to the TCP connection") from exc

@@ -1,16 +1,19 @@
 """A network lab in namespaces for the probe tests and the benchmark (needs root and the Debian peers).
 
 Every namespace, veth and bridge is named ``l6p…`` (other labs run beside this one with other
-prefixes). Hosts are namespaces with one veth to a bridge living in the ``l6plan`` namespace, so
-nothing of the lab touches the machine's own namespace: the prober itself runs in ``l6pprb`` and
-can reach lab addresses only. ``Lab.close`` kills every process it started (by pid), deletes
-every namespace, and is also what ``Lab.clean_leftovers`` does for a crashed previous run.
+prefixes), and carries the pid of the run that made it: namespaces ``l6p-<pid>-<name>``, veths
+``l6p<pid in base 36>-<n>a|b``. Two runs at once (a developer and a full suite) never touch each
+other's lab, and ``Lab.clean_leftovers`` removes only what runs that are no longer alive left.
+Hosts are namespaces with one veth to a bridge living in the ``…-lan`` namespace, so nothing of the
+lab touches the machine's own namespace: the prober itself runs in ``…-prb`` and can reach lab
+addresses only. ``Lab.close`` kills every process it started (by pid) and deletes its namespaces.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +24,8 @@ from pathlib import Path
 from typing import Final
 
 PREFIX: Final = "l6p"
-LAN: Final = f"{PREFIX}lan"
+_NAMESPACE: Final = re.compile(rf"{PREFIX}-(\d+)-")
+_LINK: Final = re.compile(rf"{PREFIX}([0-9a-z]+)-\d+[ab]$")
 REPO: Final = Path(__file__).resolve().parents[2]
 PYTHON: Final = sys.executable
 PEERS: Final = Path(__file__).resolve().parent / "lab_peers.py"
@@ -42,6 +46,26 @@ def missing_requirements() -> str | None:
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command (ip, sysctl...) and return its result."""
     return subprocess.run(args, check=check, capture_output=True, text=True, timeout=30)
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, rest = divmod(number, 36)
+        text = digits[rest] + text
+        if not number:
+            return text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def in_ns(namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -65,6 +89,7 @@ class Lab:
     """Namespaces, veths, bridges and processes of one lab; ``close`` undoes all of it."""
 
     folder: Path
+    pid: int = field(default_factory=os.getpid)
     namespaces: list[str] = field(default_factory=list)
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     hosts: dict[str, Host] = field(default_factory=dict)
@@ -74,49 +99,58 @@ class Lab:
 
     @staticmethod
     def clean_leftovers() -> None:
-        """Remove what a crashed run with the same prefix left: its processes, namespaces, links."""
-        listing = run("ip", "netns", "list", check=False).stdout.split("\n")
-        for line in listing:
+        """Remove what crashed runs (their pid is gone) left: their processes, namespaces, links."""
+        for line in run("ip", "netns", "list", check=False).stdout.splitlines():
             name = line.split(" ")[0]
-            if name.startswith(PREFIX):
-                pids = run("ip", "netns", "pids", name, check=False).stdout.split()
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.kill(int(pid), signal.SIGKILL)
-                run("ip", "netns", "delete", name, check=False)
+            found = _NAMESPACE.match(name)
+            if found is None or _alive(int(found.group(1))):
+                continue
+            for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            run("ip", "netns", "delete", name, check=False)
         for line in run("ip", "-o", "link", "show", check=False).stdout.splitlines():
             parts = line.split(": ")
-            if len(parts) > 1 and parts[1].split("@")[0].startswith(PREFIX):
-                run("ip", "link", "delete", parts[1].split("@")[0], check=False)
+            link = parts[1].split("@")[0] if len(parts) > 1 else ""
+            found = _LINK.match(link)
+            if found is not None and not _alive(int(found.group(1), 36)):
+                run("ip", "link", "delete", link, check=False)
+
+    @property
+    def lan(self) -> str:
+        """The namespace holding the bridges."""
+        return f"{PREFIX}-{self.pid}-lan"
 
     def namespace(self, name: str) -> str:
-        """Create a namespace (``l6p`` + name) with its loopback up."""
-        full = f"{PREFIX}{name}"
+        """Create a namespace (``l6p-<pid>-<name>``) with its loopback up."""
+        full = f"{PREFIX}-{self.pid}-{name}"
         run("ip", "netns", "add", full)
         self.namespaces.append(full)
         in_ns(full, "ip", "link", "set", "lo", "up")
         return full
 
     def bridge(self, name: str) -> str:
-        """A bridge in the LAN namespace (created on first use)."""
-        if LAN not in self.namespaces:
+        """A bridge ``l6p<name>`` in the LAN namespace (created on first use)."""
+        if self.lan not in self.namespaces:
             self.namespace("lan")
         full = f"{PREFIX}{name}"
-        in_ns(LAN, "ip", "link", "add", full, "type", "bridge")
+        in_ns(self.lan, "ip", "link", "add", full, "type", "bridge")
         # No multicast snooping: mDNS must reach every port like on a plain switch.
-        in_ns(LAN, "ip", "link", "set", full, "type", "bridge", "mcast_snooping", "0")
-        in_ns(LAN, "ip", "link", "set", full, "up")
+        in_ns(self.lan, "ip", "link", "set", full, "type", "bridge", "mcast_snooping", "0")
+        in_ns(self.lan, "ip", "link", "set", full, "up")
         return full
 
     def attach(self, namespace: str, bridge: str, cidr: str) -> tuple[str, str]:
         """A veth from ``namespace`` to ``bridge`` with ``cidr``; returns (interface, MAC)."""
         self._links += 1
-        inside, outside = f"{PREFIX}{self._links}a", f"{PREFIX}{self._links}b"
+        # Created in the machine's namespace, so unique there: the run's pid is in the name.
+        stem = f"{PREFIX}{_base36(self.pid)}-{self._links}"
+        inside, outside = f"{stem}a", f"{stem}b"
         run("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
         run("ip", "link", "set", inside, "netns", namespace)
-        run("ip", "link", "set", outside, "netns", LAN)
-        in_ns(LAN, "ip", "link", "set", outside, "master", bridge)
-        in_ns(LAN, "ip", "link", "set", outside, "up")
+        run("ip", "link", "set", outside, "netns", self.lan)
+        in_ns(self.lan, "ip", "link", "set", outside, "master", bridge)
+        in_ns(self.lan, "ip", "link", "set", outside, "up")
         in_ns(namespace, "ip", "addr", "add", cidr, "dev", inside)
         in_ns(namespace, "ip", "link", "set", inside, "up")
         mac = in_ns(namespace, "cat", f"/sys/class/net/{inside}/address").stdout.strip()

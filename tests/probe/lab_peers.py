@@ -59,8 +59,18 @@ def handler(routes: dict[str, Route], server: str | None) -> Callable[..., objec
                 if server:
                     lines.append(f"Server: {server}")
                 lines.append(f"Content-Length: {len(body)}")
+                # HTTP/1.0 without keep-alive, or "Connection: close", ends the connection (RFC 9112 §9.3).
+                lowered = head.lower()
+                request_line = lowered.split(b"\r\n", 1)[0]
+                closes = b"connection: close" in lowered or (
+                    request_line.endswith(b"http/1.0") and b"keep-alive" not in lowered
+                )
+                if closes:
+                    lines.append("Connection: close")
                 writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
                 await writer.drain()
+                if closes:
+                    break
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError):
             pass
         finally:

@@ -375,3 +375,20 @@ def test_policy_defaults_are_gentle() -> None:
         False,
         False,
     )
+
+
+def test_refunds_give_back_unused_tokens_up_to_the_depth() -> None:
+    clock = VirtualClock()
+    bucket = TokenBucket(10.0, 5, clock=clock, sleep=clock.sleep)
+
+    async def main() -> float:
+        await bucket.acquire(5)
+        bucket.refund(4)  # a refused connection sent one SYN of the five estimated
+        before = clock.now
+        await bucket.acquire(4)
+        return clock.now - before
+
+    assert asyncio.run(main()) == 0.0
+    assert bucket.packets == 5
+    bucket.refund(100)
+    assert bucket._tokens <= bucket.capacity

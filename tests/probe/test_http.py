@@ -492,3 +492,10 @@ def test_json_fixtures_are_what_the_servers_send() -> None:
     assert parse_openai_models(b'{"object":"list","data":[]}') == ((), 0, frozenset())
     assert parse_lmstudio_models(b'{"data":[{"id":"a","type":"llm"}]}') is None  # no state: not LM Studio
     assert parse_version(b'{"version":"1.2.3 rm -rf"}') is None
+
+
+def test_a_refused_port_costs_one_syn_not_a_connection() -> None:
+    the_gate, _ = gate()
+    prober = HttpProber(the_gate, ports=(8081, 8082), transport_factory=transport({}))
+    asyncio.run(prober.async_probe(HOST))
+    assert the_gate.bucket.packets == 1 + 1 + 1  # the first contact's ARP, then one SYN per port
