@@ -16,10 +16,9 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 AttrScalar: TypeAlias = str | int | float | bool | None
 AttrValue: TypeAlias = AttrScalar | tuple[str | int, ...]
@@ -152,22 +151,31 @@ def normalise_name(name: str) -> str:
     return printable(name, MAX_NAME_LEN)
 
 
-@dataclass(frozen=True, slots=True, init=False)
-class Endpoint:
-    """One side of what was seen: any of IP, MAC and port may be unknown."""
+_tuple_new = tuple.__new__
 
+
+class _EndpointFields(NamedTuple):
     ip: str | None
     mac: str | None
     port: int | None
 
-    # A hand-written __init__ normalises each field once (the generated one plus __post_init__ would
-    # set every field twice; Endpoints are built for every packet that reaches a parser).
-    def __init__(self, ip: str | None = None, mac: str | None = None, port: int | None = None) -> None:
-        _EP_IP(self, None if ip is None else canonical_ip(ip))
-        _EP_MAC(self, None if mac is None else canonical_mac(mac))
+
+class Endpoint(_EndpointFields):
+    """One side of what was seen: any of IP, MAC and port may be unknown.
+
+    Records are immutable tuples with named fields: one C call builds them (Endpoints and
+    Observations are built for every packet that reaches a parser), fields read at C speed.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, ip: str | None = None, mac: str | None = None, port: int | None = None) -> Endpoint:
+        """Normalise and check every field; refuse to exist otherwise."""
         if port is not None and (port.__class__ is not int or not 0 <= port <= 65535):
             raise InvalidObservation(f"not a port number: {port!r}")
-        _EP_PORT(self, port)
+        return _tuple_new(
+            cls, (None if ip is None else canonical_ip(ip), None if mac is None else canonical_mac(mac), port)
+        )
 
     @classmethod
     def from_packet(cls, ip: str | None, mac: str | None, port: int | None) -> Endpoint:
@@ -177,11 +185,17 @@ class Endpoint:
         ``canonical_ip``: glibc and RFC 5952 disagree on a few forms), ``mac`` from
         ``bytes.hex(":")`` of six bytes, ``port`` from two bytes of a header.
         """
-        endpoint: Endpoint = _new(cls)
-        _EP_IP(endpoint, ip if ip is None or ("." in ip and ":" not in ip) else canonical_ip(ip))
-        _EP_MAC(endpoint, mac)
-        _EP_PORT(endpoint, port)
-        return endpoint
+        if ip is not None and (":" in ip or "." not in ip):
+            ip = canonical_ip(ip)
+        return _tuple_new(cls, (ip, mac, port))
+
+    def __getnewargs__(self) -> tuple[str | None, str | None, int | None]:
+        """Pickling goes through ``__new__`` (and its checks) again."""
+        return (self.ip, self.mac, self.port)
+
+    def _replace(self, **changes: Any) -> Endpoint:
+        """A copy with some fields changed, normalised and checked like a new one."""
+        return Endpoint(**{**self._asdict(), **changes})
 
     def to_dict(self) -> dict[str, str | int | None]:
         """Return the JSON form (DESIGN §8)."""
@@ -194,13 +208,6 @@ class Endpoint:
             return NO_ENDPOINT
         return cls(ip=data.get("ip"), mac=data.get("mac"), port=data.get("port"))
 
-
-_new = object.__new__
-# The slots' own setters: a frozen dataclass forbids ``self.x = …``; these set each field once in
-# __init__, about twice as fast as ``object.__setattr__`` (Observations are built per packet).
-_EP_IP = Endpoint.__dict__["ip"].__set__
-_EP_MAC = Endpoint.__dict__["mac"].__set__
-_EP_PORT = Endpoint.__dict__["port"].__set__
 
 NO_ENDPOINT: Final = Endpoint()
 
@@ -256,17 +263,25 @@ def _normalise_attrs(attrs: Mapping[str, object]) -> dict[str, AttrValue]:
         if value.__class__ is str:
             fits = len(value) <= MAX_ATTR_STR and value.isprintable()
             clean[key] = value if fits else printable(value, MAX_ATTR_STR)
-        elif value.__class__ is int or value is None or value.__class__ is bool:
+        elif value.__class__ is int or value is None or value.__class__ is bool or (value.__class__ is tuple and _fine_strings(value)):
             clean[key] = value
         else:
             clean[key] = _normalise_attr_value(key, value)
     return clean
 
 
-@dataclass(frozen=True, slots=True, init=False)
-class Observation:
-    """What was seen, between which endpoints, when, by which collector and agent."""
+def _fine_strings(items: tuple[object, ...]) -> bool:
+    """Whether a tuple already holds only short printable strings (checked in C loops, no copy)."""
+    if len(items) > MAX_ATTR_ITEMS:
+        return False
+    try:
+        joined = "".join(items)  # type: ignore[arg-type]
+    except TypeError:  # integers (or worse) in it: the general path decides
+        return False
+    return joined.isprintable() and (not items or max(map(len, items)) <= MAX_ATTR_STR)  # type: ignore[arg-type]
 
+
+class _ObservationFields(NamedTuple):
     ts: float
     """Seconds since the epoch, from the capture or the clock of the agent."""
     kind: Kind
@@ -277,15 +292,25 @@ class Observation:
     """The client side (or the device that announced itself)."""
     dst: Endpoint
     """The server side (or the receiver of the announcement)."""
-    attrs: Attrs = field(hash=False)
+    attrs: Attrs
     """A small flat summary (ALPN, JA4, addresses...): never a payload."""
     source: str
     """The collector that produced it (``pcap``, ``live``, ``zeek``, ``probe.snmp``...)."""
     agent: str
     """The agent (sensor) that produced it."""
 
-    def __init__(
-        self,
+
+class Observation(_ObservationFields):
+    """What was seen, between which endpoints, when, by which collector and agent.
+
+    An immutable tuple with named fields, normalised and checked in ``__new__``: a malformed
+    Observation cannot exist. Its hash leaves ``attrs`` out (a dict); equality compares all.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
         ts: float,
         kind: Kind | str,
         value: str,
@@ -294,20 +319,19 @@ class Observation:
         attrs: Mapping[str, object] | None = None,
         source: str = "pcap",
         agent: str = "lanterne",
-    ) -> None:
+    ) -> Observation:
+        """Normalise and check every field; refuse to exist otherwise."""
         if kind.__class__ is not Kind:
             try:
                 kind = Kind(kind)
             except ValueError as exc:
                 raise InvalidObservation(f"unknown observation kind {kind!r}") from exc
-        _OBS_KIND(self, kind)
         if ts.__class__ is not float:
             if isinstance(ts, bool) or not isinstance(ts, int | float):
                 raise InvalidObservation(f"timestamp must be a number, not {ts!r}")
             ts = float(ts)
         if ts - ts != 0.0:  # inf - inf and nan - nan are nan: not finite (cheaper than math.isfinite)
             raise InvalidObservation("timestamp must be finite")
-        _OBS_TS(self, ts)
         if value.__class__ is not str:
             raise InvalidObservation(f"value must be text, not {type(value).__name__}")
         if kind in NAME_KINDS:
@@ -320,16 +344,24 @@ class Observation:
                 value = printable(value)
         if not value:
             raise InvalidObservation(f"empty value for {kind}")
-        _OBS_VALUE(self, value)
         if src.__class__ is not Endpoint or dst.__class__ is not Endpoint:
             raise InvalidObservation("src and dst must be Endpoints")
-        _OBS_SRC(self, src)
-        _OBS_DST(self, dst)
-        _OBS_ATTRS(self, _normalise_attrs(attrs) if attrs else {})
         if (source, agent) not in _GOOD_ORIGINS:
             _check_origin(source, agent)
-        _OBS_SOURCE(self, source)
-        _OBS_AGENT(self, agent)
+        clean = _normalise_attrs(attrs) if attrs else {}
+        return _tuple_new(cls, (ts, kind, value, src, dst, clean, source, agent))
+
+    def __hash__(self) -> int:
+        """Hash every field but ``attrs`` (a dict)."""
+        return hash((self[0], self[1], self[2], self[3], self[4], self[6], self[7]))
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        """Pickling goes through ``__new__`` (and its checks) again."""
+        return tuple(self)
+
+    def _replace(self, **changes: Any) -> Observation:
+        """A copy with some fields changed, normalised and checked like a new one."""
+        return Observation(**{**self._asdict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-line form of ``lanterne decode`` (DESIGN §8)."""
@@ -362,11 +394,3 @@ class Observation:
             raise InvalidObservation(f"not an observation: {exc}") from exc
 
 
-_OBS_TS = Observation.__dict__["ts"].__set__
-_OBS_KIND = Observation.__dict__["kind"].__set__
-_OBS_VALUE = Observation.__dict__["value"].__set__
-_OBS_SRC = Observation.__dict__["src"].__set__
-_OBS_DST = Observation.__dict__["dst"].__set__
-_OBS_ATTRS = Observation.__dict__["attrs"].__set__
-_OBS_SOURCE = Observation.__dict__["source"].__set__
-_OBS_AGENT = Observation.__dict__["agent"].__set__
