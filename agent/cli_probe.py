@@ -45,6 +45,9 @@ from agent._probing import (
     expand_targets,
     identifications,
 )
+
+# The same switch and key as ``lanterne scan``: a pseudonymous store must stay pseudonymous.
+from agent.cli_scan import PSEUDONYM_KEY_ENV, _pseudonymiser
 from collectors.probe import (
     DEFAULT_BURST,
     DEFAULT_CALLED_AE,
@@ -309,6 +312,14 @@ def probe(
     db: DbOption = None,
     site: SiteOption = DEFAULT_SITE,
     agent: AgentOption = None,
+    pseudonymous: Annotated[
+        bool,
+        typer.Option(
+            "--pseudonymous/--no-pseudonymous",
+            envvar="LANTERNE_PSEUDONYMOUS",
+            help=f"Store client MACs, addresses and names as keyed hashes (key in ${PSEUDONYM_KEY_ENV}).",
+        ),
+    ] = False,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -371,6 +382,7 @@ def probe(
     except StoreError as exc:
         fatal(str(exc), tip="check --db / LANTERNE_DB (sqlite:///path.db or postgresql://user@host/db)")
     agent_name = agent or default_agent_name()
+    pseudonymiser = _pseudonymiser(pseudonymous)
 
     def print_record(record: ProbeRecord) -> None:
         if dry_run:
@@ -391,6 +403,7 @@ def probe(
                     site=site,
                     agent=agent_name,
                     index=index,
+                    pseudonymiser=pseudonymiser,
                     progress=advance,
                     on_record=print_record,
                 )

@@ -74,6 +74,7 @@ from collectors.probe._http import (
     product_of_owners,
 )
 from collectors.probe._mdns import MdnsBrowser, instance_observations
+from collectors.probe._mdns import async_start as async_start_mdns
 from collectors.probe._snmp import (
     SYSTEM_OIDS,
     PysnmpClient,
@@ -131,6 +132,7 @@ __all__ = [
     "TokenBucket",
     "arp_observation",
     "async_probe_snmp",
+    "async_start_mdns",
     "async_tcp_alive",
     "build_request",
     "certificate_info",

@@ -270,7 +270,11 @@ class MdnsBrowser:
 async def async_start(
     emit: Emit, *, gate: SafetyGate, interfaces: Sequence[Interface], **options: Any
 ) -> MdnsBrowser:
-    """Start a browser (the collector seam); ``await browser.async_stop()`` stops it."""
+    """Start a long-running browser (the collector seam); ``await browser.async_stop()`` stops it.
+
+    The daemon can keep one running between sweeps: ``emit`` feeds its aggregator, the gate's
+    policy decides the interfaces, and its bucket pays for zeroconf's queries.
+    """
     browser = MdnsBrowser(emit, gate=gate, interfaces=interfaces, **options)
     await browser.async_start()
     return browser

@@ -222,6 +222,7 @@ class PysnmpClient:
             ContextData,
             ObjectIdentity,
             ObjectType,
+            Udp6TransportTarget,
             UdpTransportTarget,
             get_cmd,
         )
@@ -230,7 +231,8 @@ class PysnmpClient:
         engine = self._engine_for(credential)
         try:
             # retries=0: the safety gate retries, so each packet is charged and logged.
-            target = await UdpTransportTarget.create((host, port), timeout=seconds, retries=0)
+            transport = Udp6TransportTarget if ":" in host else UdpTransportTarget
+            target = await transport.create((host, port), timeout=seconds, retries=0)
             answer = await command(
                 engine,
                 _auth_data(credential),

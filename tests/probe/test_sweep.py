@@ -368,3 +368,53 @@ def test_cli_dry_run_prints_what_would_be_sent(tmp_path: Path, monkeypatch: pyte
         assert session.scalars(select(ProbeLogEntry.outcome)).all().count("dry_run") == 2 * len(
             [r for r in records if r["outcome"] == "dry_run"]
         )
+
+
+def test_the_daemon_s_real_configuration_drives_a_sweep(tmp_path: Path, index: Index) -> None:
+    """What ``agent._daemon`` hands over: its own Config, a store, the site, the agent, the index."""
+    from agent._config import parse_config
+
+    daemon_config = parse_config(
+        {
+            "agent": "sensor-1",
+            "site": "lab",
+            "database": {"url": f"sqlite:///{tmp_path}/d.db"},
+            "probe": {
+                "enabled": True,
+                "allow": ["127.0.0.2/32"],
+                "rate": 5000,
+                "burst": 100,
+                "dry_run": True,
+                "snmp_communities_env": "LAB_COMMUNITIES",
+            },
+        },
+        env={"LAB_COMMUNITIES": "one,two"},
+        base=tmp_path,
+    )
+    converted = sweep_config(daemon_config)
+    assert [str(n) for n in converted.targets] == ["127.0.0.2/32"]
+    assert len(converted.snmp_credentials) == 2
+    with open_store(f"sqlite:///{tmp_path}/d.db") as opened:
+        report = asyncio.run(
+            async_sweep(
+                daemon_config,
+                opened,
+                site="lab",
+                agent="sensor-1",
+                index=index,
+                clients=ProbeClients(interfaces=lambda names: []),
+            )
+        )
+    assert report.outcomes["dry_run"] > 0
+    assert report.probe_log_rows == sum(report.outcomes.values())
+
+
+def test_cli_pseudonymous_mode_needs_its_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LANTERNE_PSEUDONYM_KEY", raising=False)
+    args = ["probe", "127.0.0.1", "--allow", "127.0.0.1", "--dry-run", "--no-mdns", "--pseudonymous"]
+    result = runner.invoke(app, [*args, "--db", f"sqlite:///{tmp_path}/x.db"])
+    assert result.exit_code == 2
+    assert "LANTERNE_PSEUDONYM_KEY" in result.stderr
+    monkeypatch.setenv("LANTERNE_PSEUDONYM_KEY", "k" * 32)
+    result = runner.invoke(app, [*args, "--db", f"sqlite:///{tmp_path}/x.db"])
+    assert result.exit_code == 0, result.output
