@@ -6,47 +6,130 @@ exit codes: 0 clean, 1 findings (with ``--fail-on-findings``), 2 usage or config
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
-from agent import (
-    cli_daemon,
-    cli_demo,
-    cli_export,
-    cli_fingerprints,
-    cli_inventory,
-    cli_probe,
-    cli_review,
-    cli_scan,
-    cli_serve,
-)
 from agent._cli_common import EXIT_USAGE, AgentOption, default_agent_name, err
 from collectors import CaptureFormatError, DecodeStats, decode_file
 
+#: Every command but ``decode`` lives in its own module, imported only when that command runs (or
+#: its own help is asked for): the web app, the daemon and the probers pull in FastAPI, pysnmp,
+#: APScheduler… which a ``scan`` does not need. ``lanterne --help`` lists them from this table; a
+#: test checks that each line equals the help its module declares.
+#: name → (module, attribute: a command function or a typer sub-app, help line)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "alerts": (
+        "agent.cli_review",
+        "alerts_app",
+        "Alerts: what needs a person (undeclared or unknown tools, mismatches, expiries).",
+    ),
+    "capture": (
+        "agent.cli_daemon",
+        "capture",
+        "Capture live traffic once: observe, match, store, reconcile; print a summary.",
+    ),
+    "demo": (
+        "agent.cli_demo",
+        "demo",
+        "Run the whole job on a bundled simulated hospital: inventory, capture, reconciliation, export.",
+    ),
+    "doctor": (
+        "agent.cli_daemon",
+        "doctor",
+        "Check capabilities, interfaces, database and catalogue; say how to fix what fails.",
+    ),
+    "export": (
+        "agent.cli_export",
+        "export",
+        "Export the cartographie: one row per product or device of the site, both statuses.",
+    ),
+    "fingerprints": ("agent.cli_fingerprints", "app", "The fingerprint catalogue: list, show, test, match."),
+    "inventory": (
+        "agent.cli_inventory",
+        "app",
+        "The declared inventory (cartographie): import a CSV/XLSX file, list the entries.",
+    ),
+    "probe": (
+        "agent.cli_probe",
+        "probe",
+        "Active discovery, once: ARP, mDNS, SNMP, HTTP(S), DICOM, under the safety gate.",
+    ),
+    "review": ("agent.cli_review", "review_app", "Review: record decisions (who, when, why) and read their history."),
+    "run": (
+        "agent.cli_daemon",
+        "run",
+        "Run the daemon: live capture, aggregation, storage, reconciliation and alerts, until stopped.",
+    ),
+    "scan": ("agent.cli_scan", "scan", "Ingest captures: observe, match, store, reconcile; print a summary."),
+    "serve": (
+        "agent.cli_serve",
+        "serve",
+        "Serve the web review UI and the REST API (OpenAPI at /api/openapi.json).",
+    ),
+    "users": (
+        "agent.cli_serve",
+        "users_app",
+        "People who may use the web UI and the API: roles viewer, reviewer, admin; tokens shown once.",
+    ),
+}
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def load_command(name: str) -> click.Command:
+    """Import the module of a lazy command and build its click command."""
+    module_name, attribute, _ = LAZY_COMMANDS[name]
+    target = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(target, typer.Typer):
+        group = typer.main.get_group(target)
+        group.name = name
+        return group
+    single = typer.Typer(add_completion=False, context_settings=CONTEXT_SETTINGS)
+    single.command(name)(target)
+    return typer.main.get_command(single)
+
+
+class _LazyGroup(TyperGroup):
+    """The top-level group: lazy commands are imported on use, listed from ``LAZY_COMMANDS``."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command, sorted."""
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """Import a lazy command when it runs; a placeholder with its help line for ``--help``."""
+        if cmd_name in LAZY_COMMANDS:
+            if self._listing:
+                return click.Command(cmd_name, help=LAZY_COMMANDS[cmd_name][2])
+            return load_command(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the commands without importing them."""
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     help="Find the AI tools and medical devices used on a hospital network but missing from its inventory.",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=CONTEXT_SETTINGS,
 )
-app.command("demo")(cli_demo.demo)
-app.add_typer(cli_fingerprints.app, name="fingerprints")
-app.add_typer(cli_inventory.app, name="inventory")
-app.add_typer(cli_review.alerts_app, name="alerts")
-app.add_typer(cli_review.review_app, name="review")
-app.command("export")(cli_export.export)
-app.command("scan")(cli_scan.scan)
-app.command("probe")(cli_probe.probe)
-app.command("capture")(cli_daemon.capture)
-app.command("run")(cli_daemon.run)
-app.command("doctor")(cli_daemon.doctor)
-app.command("serve")(cli_serve.serve)
-app.add_typer(cli_serve.users_app, name="users")
 
 
 @app.callback()

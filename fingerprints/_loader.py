@@ -510,10 +510,14 @@ def _read_source(reader: _FileReader, node: yaml.Node) -> Source:
     )
 
 
+#: libyaml's parser when PyYAML was built with it (about five times faster; same nodes and marks).
+_YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _compose(reader: _FileReader, text: str) -> yaml.Node | None:
     """Parse YAML into a node tree, reporting syntax errors with their line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_YAML_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
