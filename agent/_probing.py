@@ -45,6 +45,7 @@ from agent._aggregate import Aggregator, FlushResult, StoreWriter
 from agent._identity import IdentityResolver, Pseudonymiser
 from agent._reconcile import DEFAULT_LOOKBACK, ReconcileConfig, ReconcileResult, reconcile
 from collectors import Endpoint, Kind, Observation
+from collectors._quiet import QuietLogger
 from collectors.probe import (
     DEFAULT_ARP_TIMEOUT,
     DEFAULT_CALLED_AE,
@@ -80,6 +81,7 @@ from store import Detection, EndpointAlias, ProbeLogEntry, Store
 from store import Endpoint as EndpointRow
 
 _LOGGER = logging.getLogger(__name__)
+_QUIET = QuietLogger(_LOGGER)
 
 #: Addresses one sweep may target (a /16): a typo in a CIDR must not start a sweep of the Internet.
 MAX_HOSTS: Final = 65_536
@@ -665,12 +667,18 @@ class _Sweep:
                 )
                 self._keep(host, found)
             if config.http and config.http_ports:
-                self._keep(host, await self.http.async_probe(host, mac=mac, local_ip=local_ip))
+                # Checked port by port: a medical maker's start page stops the ports after it.
+                await self.http.async_probe(
+                    host, mac=mac, local_ip=local_ip, on_found=lambda found: self._keep(host, found)
+                )
             if self.dicom is not None:
                 self._keep(host, await self.dicom.async_probe(host, mac=mac, local_ip=local_ip))
         except ProbeDenied as exc:
             # The gate refused the rest (a probe showed a medical device): the row is in the log.
             _LOGGER.debug("probing %s stopped by the safety gate: %s", host, exc)
+        except Exception:
+            # A bug met on one host (an answer no parser foresaw) must not end the sweep of the others.
+            _QUIET.exception("probing a host failed unexpectedly; the sweep goes on")
 
     def _keep(self, host: str, observations: Sequence[Observation]) -> None:
         for observation in observations:

@@ -364,9 +364,18 @@ class HttpProber:
         return httpx.AsyncHTTPTransport(verify=self._ssl, retries=0)
 
     async def async_probe(
-        self, host: str, *, mac: str | None = None, local_ip: str | None = None
+        self,
+        host: str,
+        *,
+        mac: str | None = None,
+        local_ip: str | None = None,
+        on_found: Callable[[list[Observation]], None] | None = None,
     ) -> list[Observation]:
-        """Every observation the HTTP ports of ``host`` give; ProbeDenied stops it (the gate said so)."""
+        """Every observation the HTTP ports of ``host`` give; ProbeDenied stops it (the gate said so).
+
+        ``on_found`` sees each port's observations as soon as the port is done: the caller may tell
+        the gate the host is a medical device before the next port is asked.
+        """
         timeout = self.gate.policy.timeout
         client = httpx.AsyncClient(
             transport=self._transport(),
@@ -378,7 +387,10 @@ class HttpProber:
         session = _HostSession(self, client, host, mac, local_ip)
         try:
             for port in self.ports:
+                before = len(session.out)
                 await session.probe_port(port)
+                if on_found is not None and len(session.out) > before:
+                    on_found(session.out[before:])
         finally:
             await client.aclose()
         return session.out

@@ -499,3 +499,21 @@ def test_a_refused_port_costs_one_syn_not_a_connection() -> None:
     prober = HttpProber(the_gate, ports=(8081, 8082), transport_factory=transport({}))
     asyncio.run(prober.async_probe(HOST))
     assert the_gate.bucket.packets == 1 + 1 + 1  # the first contact's ARP, then one SYN per port
+
+
+def test_each_port_is_reported_before_the_next_is_asked() -> None:
+    the_gate, records = gate()
+    routes: Routes = {
+        (80, "/"): httpx.Response(200, headers={"Server": "PumpWeb/1.0"}, text="pump"),
+        (443, "/"): httpx.Response(200, text="never asked"),
+    }
+
+    def on_found(found: list[Observation]) -> None:
+        # What the sweep does when a port's answer names a medical maker.
+        assert [str(obs.kind) for obs in found] == ["http.server"]
+        the_gate.medical.mark(HOST, "infusion pump web server")
+
+    prober = HttpProber(the_gate, ports=(80, 443), transport_factory=transport(routes))
+    with pytest.raises(ProbeDenied):
+        asyncio.run(prober.async_probe(HOST, on_found=on_found))
+    assert [(r.port, str(r.outcome)) for r in records] == [(80, "ok"), (80, "ok"), (443, "denied")]

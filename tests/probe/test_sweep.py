@@ -418,3 +418,22 @@ def test_cli_pseudonymous_mode_needs_its_key(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("LANTERNE_PSEUDONYM_KEY", "k" * 32)
     result = runner.invoke(app, [*args, "--db", f"sqlite:///{tmp_path}/x.db"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_bug_on_one_host_does_not_end_the_sweep(
+    index: Index, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from collectors.probe import HttpProber
+
+    real = HttpProber.async_probe
+
+    async def flaky(self: HttpProber, host: str, **options: Any) -> list[Observation]:
+        if host == SCANNER:
+            raise RuntimeError("a parser met an answer nobody foresaw")
+        return await real(self, host, **options)
+
+    monkeypatch.setattr(HttpProber, "async_probe", flaky)
+    report, _, http_asked = sweep(None, index, config())
+    assert any(entry.startswith(f"{WEB}:") for entry in http_asked)
+    assert "probing a host failed unexpectedly" in caplog.text
+    assert report.by_kind()["llm.server"] == 1
