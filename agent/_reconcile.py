@@ -291,23 +291,35 @@ def _add_endpoints(session: Session, groups: Mapping[str, ObservedProduct]) -> N
     ae_by_endpoint: dict[int, set[str]] = {}
     ae_by_peer: dict[str, set[str]] = {}
     counts: dict[tuple[int, str, str], int] = {}
-    kinds = sorted({kind for group in groups.values() for kind, _ in group.pairs} | {"dicom.association"})
+    # Only the rows behind the evidence are read, and only the columns used: an endpoint may
+    # hold millions of other rows (a flood of random subdomains) that say nothing here.
+    kinds = sorted({kind for group in groups.values() for kind, _ in group.pairs})
+    values = sorted({value for group in groups.values() for _, value in group.pairs})
+    aggregate = ObservationAggregate
     for chunk in _chunks(ids):
-        rows = session.scalars(
-            select(ObservationAggregate).where(
-                ObservationAggregate.endpoint_id.in_(chunk), ObservationAggregate.kind.in_(kinds)
+        for values_chunk in _chunks(values):
+            rows = session.execute(
+                select(aggregate.endpoint_id, aggregate.kind, aggregate.value, aggregate.count).where(
+                    aggregate.endpoint_id.in_(chunk),
+                    aggregate.kind.in_(kinds),
+                    aggregate.value.in_(values_chunk),
+                )
+            )
+            for endpoint_id, kind, value, count in rows:
+                counted = (endpoint_id, kind, value)
+                counts[counted] = counts.get(counted, 0) + count
+        associations = session.execute(
+            select(aggregate.endpoint_id, aggregate.attrs, aggregate.peer).where(
+                aggregate.endpoint_id.in_(chunk), aggregate.kind == "dicom.association"
             )
         )
-        for row in rows:
-            counted = (row.endpoint_id, row.kind, row.value)
-            counts[counted] = counts.get(counted, 0) + row.count
-            if row.kind == "dicom.association":
-                attrs = row.attrs or {}
-                # The row's endpoint is the association's caller; the peer is the called side.
-                if attrs.get("calling_ae"):
-                    ae_by_endpoint.setdefault(row.endpoint_id, set()).add(str(attrs["calling_ae"]).strip())
-                if attrs.get("called_ae") and row.peer:
-                    ae_by_peer.setdefault(row.peer, set()).add(str(attrs["called_ae"]).strip())
+        for endpoint_id, attrs, peer in associations:
+            attrs = attrs or {}
+            # The row's endpoint is the association's caller; the peer is the called side.
+            if attrs.get("calling_ae"):
+                ae_by_endpoint.setdefault(endpoint_id, set()).add(str(attrs["calling_ae"]).strip())
+            if attrs.get("called_ae") and peer:
+                ae_by_peer.setdefault(peer, set()).add(str(attrs["called_ae"]).strip())
     for group in groups.values():
         for endpoint_id in sorted(group.endpoint_ids):
             endpoint = endpoints.get(endpoint_id)

@@ -246,14 +246,13 @@ def test_a_flood_of_random_subdomains_stays_under_the_cap_and_ai_is_still_seen(
     client, sensor = lab_net.hosts["cli"], lab_net.hosts["sen"]
     capture = tmp_path / "flood.pcap"
     ai_sent = _flood_pcap(capture, client.mac)
-    # Reconciliation reads every stored observation of a detected endpoint (agent/_reconcile.py,
-    # _add_endpoints): under this flood that is hundreds of thousands of rows per run, a memory cost
-    # of its own that the daemon's bounds do not cover. It runs rarely here; see the report.
+    # Reconciliation runs every few seconds during the flood: it must read only the rows behind
+    # the evidence, never the hundreds of thousands of flood names of the same endpoint.
     daemon = SensorDaemon(
         sensor,
         tmp_path,
         extra=f"[limits]\nmax_keys = 20000\nmax_rss_mib = {FLOOD_CAP_MIB}\n",
-        reconcile_seconds=3600,
+        reconcile_seconds=2,
     )
     daemon.start()
     assert daemon.process is not None
