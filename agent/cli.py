@@ -62,7 +62,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "probe",
         "Active discovery, once: ARP, mDNS, SNMP, HTTP(S), DICOM, under the safety gate.",
     ),
-    "review": ("agent.cli_review", "review_app", "Review: record decisions (who, when, why) and read their history."),
+    "review": (
+        "agent.cli_review",
+        "review_app",
+        "Review: record decisions (who, when, why) and read their history.",
+    ),
     "run": (
         "agent.cli_daemon",
         "run",

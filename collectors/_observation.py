@@ -263,7 +263,9 @@ def _normalise_attrs(attrs: Mapping[str, object]) -> dict[str, AttrValue]:
         if value.__class__ is str:
             fits = len(value) <= MAX_ATTR_STR and value.isprintable()
             clean[key] = value if fits else printable(value, MAX_ATTR_STR)
-        elif value.__class__ is int or value is None or value.__class__ is bool or (value.__class__ is tuple and _fine_strings(value)):
+        elif value.__class__ is int or value is None or value.__class__ is bool:  # noqa: SIM114 - cheap first
+            clean[key] = value
+        elif value.__class__ is tuple and _fine_strings(value):
             clean[key] = value
         else:
             clean[key] = _normalise_attr_value(key, value)
@@ -392,5 +394,3 @@ class Observation(_ObservationFields):
             )
         except (KeyError, TypeError) as exc:
             raise InvalidObservation(f"not an observation: {exc}") from exc
-
-

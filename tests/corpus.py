@@ -34,9 +34,7 @@ def corpus_pcaps() -> list[Path]:
     """Every capture in the corpus (pcap and pcapng), sorted; empty when the corpus is absent."""
     if not PCAP_DIR.is_dir():
         return []
-    return sorted(
-        p for p in PCAP_DIR.rglob("*") if p.suffix in {".pcap", ".pcapng", ".cap"} and p.is_file()
-    )
+    return sorted(p for p in PCAP_DIR.rglob("*") if p.suffix in {".pcap", ".pcapng", ".cap"} and p.is_file())
 
 
 def truth_of(capture: Path) -> dict[str, Any]:
