@@ -10,12 +10,11 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from agent._cli_common import EXIT_USAGE, AgentOption, default_agent_name, err
 from collectors import CaptureFormatError, DecodeStats, decode_file
@@ -88,7 +87,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
-def load_command(name: str) -> click.Command:
+# typer vendors its own click (``typer._click``), whose classes are not public API: the methods
+# below take and return them, hence the ``Any`` annotations.
+
+
+def load_command(name: str) -> Any:
     """Import the module of a lazy command and build its click command."""
     module_name, attribute, _ = LAZY_COMMANDS[name]
     target = getattr(importlib.import_module(module_name), attribute)
@@ -106,19 +109,19 @@ class _LazyGroup(TyperGroup):
 
     _listing = False
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         """Every command, sorted."""
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         """Import a lazy command when it runs; a placeholder with its help line for ``--help``."""
         if cmd_name in LAZY_COMMANDS:
             if self._listing:
-                return click.Command(cmd_name, help=LAZY_COMMANDS[cmd_name][2])
+                return TyperCommand(cmd_name, help=LAZY_COMMANDS[cmd_name][2])
             return load_command(cmd_name)
         return super().get_command(ctx, cmd_name)
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: Any, formatter: Any) -> None:
         """List the commands without importing them."""
         self._listing = True
         try:
