@@ -254,7 +254,20 @@ class Lab:
     def capture(self, host: Host, name: str, expression: str = "") -> Path:
         """tcpdump on the host's interface into ``folder/<name>.pcap`` (waits until it listens)."""
         path = self.folder / f"{name}.pcap"
-        args = ["tcpdump", "-i", host.interface, "-U", "-nn", "-s", "128", "-w", str(path)]
+        # Immediate mode: without it the last packets wait in a kernel block that a quiet link never
+        # fills, and are lost when tcpdump is stopped.
+        args = [
+            "tcpdump",
+            "-i",
+            host.interface,
+            "--immediate-mode",
+            "-U",
+            "-nn",
+            "-s",
+            "128",
+            "-w",
+            str(path),
+        ]
         if expression:
             args.append(expression)
         self.start(host.namespace, *args, label=f"capture-{name}")

@@ -220,12 +220,13 @@ def test_each_peer_is_discovered_and_identified_through_the_matcher(lab_run: Lab
     print(f"sweep: {lab_run.seconds:.1f} s; identified: {lab_run.summary['identified']}")
     identified = lab_run.summary["identified"]
     assert "b-braun" in identified["10.66.0.10"]  # SNMPv2c sysObjectID
-    assert any("Cisco" in label for label in identified["10.66.0.11"])  # SNMPv3 sysDescr/sysObjectID, Recog
-    assert any("Apache" in label for label in identified["10.66.0.12"])  # Server header, Recog
     assert "dicom-bonjour-node" in identified["10.66.0.13"]  # mDNS _dicom._tcp
     assert "dcmtk" in identified["10.66.0.14"]  # C-ECHO: the acceptor's implementation UID
     assert "ollama" in identified["10.66.0.15"]  # /api/tags and /api/version
-    assert "nginx" in " ".join(identified["10.66.1.30"])  # the control host behind the router
+    if default_index().recog is not None:  # banners of generic products are Recog's (shared corpus)
+        assert any("Cisco" in label for label in identified["10.66.0.11"])  # SNMPv3 sysDescr/sysObjectID
+        assert any("Apache" in label for label in identified["10.66.0.12"])  # Server header
+        assert "nginx" in " ".join(identified["10.66.1.30"])  # the control host behind the router
     alive = lab_run.summary["alive"]
     assert {f"10.66.0.{n}" for n in (10, 11, 12, 13, 14, 15, 254)} | {"10.66.1.30"} <= set(alive)
     assert alive["10.66.0.12"] == lab_run.lab.hosts["web"].mac  # from the ARP sweep
@@ -297,8 +298,15 @@ def test_protected_hosts_receive_zero_packets_from_the_prober(lab_run: LabRun) -
     assert received["pmp"] == []
     assert received["out"] == []
     # The capture works: the control host beside them on the same segment was probed.
-    assert len(received["ctl"]) >= 5
-    assert {p[IP].dport for p in received["ctl"] if p[IP].proto == 6} >= {80, 443, 11434}
+    with open_store(lab_run.db) as store, store.session() as session:
+        logged = session.execute(
+            select(
+                ProbeLogEntry.protocol, ProbeLogEntry.port, ProbeLogEntry.outcome, ProbeLogEntry.detail
+            ).where(ProbeLogEntry.target == "10.66.1.30")
+        ).all()
+    ports = {p[IP].dport for p in received["ctl"] if p[IP].proto == 6}
+    assert len(received["ctl"]) >= 5, logged
+    assert ports >= {80, 443, 11434}, (ports, logged)
 
 
 def test_the_rate_limit_holds_on_the_wire(lab_run: LabRun) -> None:
