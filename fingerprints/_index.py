@@ -18,7 +18,7 @@ front of all of it: the same SNI or banner comes back many times a second on a r
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -96,6 +96,29 @@ def service_type(name: str) -> str | None:
     return None
 
 
+class _RecogRules(Mapping[str, RecogFingerprint]):
+    """Recog's fingerprints by rule id, found without loading every database (``Recog`` is lazy)."""
+
+    __slots__ = ("_recog",)
+
+    def __init__(self, recog: Recog | None) -> None:
+        self._recog = recog
+
+    def __getitem__(self, rule_id: str) -> RecogFingerprint:
+        found = self._recog.fingerprint(rule_id) if self._recog is not None else None
+        if found is None:
+            raise KeyError(rule_id)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        if self._recog is not None:
+            for fingerprint in self._recog.fingerprints():
+                yield fingerprint.info.rule_id
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class _HostNode:
     """One label of the reversed-label tree."""
 
@@ -145,7 +168,9 @@ class Index:
         self.recog = recog
         self.version = catalog.version if recog is None else f"{catalog.version}+recog.{recog.version}"
         self.rules: dict[str, Rule] = {}
-        self.recog_rules: dict[str, RecogFingerprint] = {}
+        # Looked up one rule at a time (stored evidence, ``explain``): the database it names is
+        # loaded then, not at start-up.
+        self.recog_rules: Mapping[str, RecogFingerprint] = _RecogRules(recog)
         self._hosts = _HostNode()
         self._oids: dict[str, tuple[RuleInfo, ...]] = {}
         self._uids: dict[str, tuple[RuleInfo, ...]] = {}
@@ -161,9 +186,6 @@ class Index:
             for kind in Kind:
                 if databases := recog.for_kind(kind):
                     self._recog[kind] = tuple(databases)
-            for database in recog.databases.values():
-                for fingerprint in database.fingerprints:
-                    self.recog_rules[fingerprint.info.rule_id] = fingerprint
         self._oui_lengths = tuple(sorted({len(prefix) for prefix in self._ouis}, reverse=True))
         self._handlers: dict[Kind, Callable[[Kind, str], tuple[Evidence, ...]]] = {}
         for kind in Kind:

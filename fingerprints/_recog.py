@@ -10,6 +10,19 @@ Semantics follow Recog's own Ruby matcher: a database answers with its first mat
 fingerprint in file order; ``param pos="0"`` is a constant, ``pos="N"`` capture group N; values
 interpolate ``{name}`` from the other params; the result also carries ``service.protocol``
 (from the database when no param sets it) and ``fingerprint_db``.
+
+Loading is lazy, one database at a time: ``load_recog`` only reads the files (their bytes make
+the version, so the version always names what will be matched); a database is parsed, its
+patterns translated, compiled and bucketed the first time it is needed — the first value of its
+kind to match, or anything that reads its fingerprints. Translating and compiling the ~2,500
+patterns Lanterne maps took 0.5-0.9 s at every start, mostly for databases (SNMP, HTTP banners,
+favicons) that a passive scan of ordinary traffic never consults.
+
+A pattern that cannot be translated or compiled is therefore found when its database loads: the
+fingerprint is left out (as it always was), recorded as a ``RecogIssue`` and logged once at
+WARNING. ``Recog.issues`` loads every database first, so ``lanterne fingerprints test``,
+``python -m fingerprints.lint --recog`` and the conformance suite still see every bad pattern
+of the corpus, before anything is deployed.
 """
 
 from __future__ import annotations
@@ -17,11 +30,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -52,6 +67,9 @@ RECOG_KINDS: Final[Mapping[str, tuple[Kind, Side]]] = {
 _STRONG_DATABASES: Final = frozenset({"snmp_sysobjid"})
 _INTERPOLATION: Final = re.compile(r"\{([^\s{}]+)\}")
 _VENDOR_PARAMS: Final = ("hw.vendor", "os.vendor", "service.vendor")
+_RULE_PREFIX: Final = "recog:"
+
+_LOG = logging.getLogger(__name__)
 
 
 def default_recog_dir() -> Path:
@@ -137,17 +155,90 @@ class RecogIssue:
     """How many examples the fingerprint carries (each counts as a conformance failure)."""
 
 
-@dataclass(slots=True)
-class RecogDatabase:
-    """One Recog XML file, indexed."""
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What a database holds once its XML is parsed and its patterns compiled."""
 
-    name: str
-    """The file name without ``.xml`` (``http_servers``)."""
     match_key: str | None
     protocol: str | None
     preference: float
-    fingerprints: list[RecogFingerprint] = field(default_factory=list)
-    group: RegexGroup[RecogFingerprint] = field(default_factory=RegexGroup)
+    fingerprints: list[RecogFingerprint]
+    group: RegexGroup[RecogFingerprint]
+    by_ordinal: dict[int, RecogFingerprint]
+    issues: list[RecogIssue]
+
+
+class RecogDatabase:
+    """One Recog XML file, parsed and indexed the first time it is needed (see the module doc)."""
+
+    __slots__ = ("_data", "_loaded", "_lock", "name")
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name = name
+        """The file name without ``.xml`` (``http_servers``)."""
+        self._data: bytes | None = data
+        """The file's bytes as read (and hashed into the version) by ``load_recog``, until parsed."""
+        self._loaded: _Loaded | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the patterns are compiled already."""
+        return self._loaded is not None
+
+    def load(self) -> _Loaded:
+        """Parse, translate, compile and bucket the database (once; thread-safe)."""
+        loaded = self._loaded
+        if loaded is not None:
+            return loaded
+        with self._lock:  # the web UI may explain evidence from worker threads
+            if self._loaded is None:
+                assert self._data is not None
+                self._loaded = _parse_database(self.name, self._data)
+                self._data = None
+                for issue in self._loaded.issues:
+                    _LOG.warning(
+                        "recog %s.xml #%d (%s) left out: %s",
+                        issue.database,
+                        issue.ordinal,
+                        issue.description,
+                        issue.message,
+                    )
+            return self._loaded
+
+    @property
+    def match_key(self) -> str | None:
+        """``matches="..."`` of the root element, else the name."""
+        return self.load().match_key
+
+    @property
+    def protocol(self) -> str | None:
+        """``protocol="..."`` of the root element."""
+        return self.load().protocol
+
+    @property
+    def preference(self) -> float:
+        """``preference="..."`` of the root element (Recog's default 0.10)."""
+        return self.load().preference
+
+    @property
+    def fingerprints(self) -> list[RecogFingerprint]:
+        """The loadable fingerprints, in file order."""
+        return self.load().fingerprints
+
+    @property
+    def group(self) -> RegexGroup[RecogFingerprint]:
+        """The fingerprints' regexes, bucketed."""
+        return self.load().group
+
+    @property
+    def issues(self) -> list[RecogIssue]:
+        """The fingerprints that could not be loaded."""
+        return self.load().issues
+
+    def fingerprint(self, ordinal: int) -> RecogFingerprint | None:
+        """The fingerprint at a 1-based position (None if absent or left out)."""
+        return self.load().by_ordinal.get(ordinal)
 
     def match_all(self, text: str) -> list[tuple[RecogFingerprint, dict[str, str]]]:
         """Every fingerprint matching ``text``, in file order, with its fields."""
@@ -155,22 +246,29 @@ class RecogDatabase:
 
     def match(self, text: str) -> tuple[RecogFingerprint, dict[str, str]] | None:
         """The first fingerprint matching ``text`` (Recog's answer), with its fields."""
-        for _, pattern, fingerprint in self.group.candidates(text):
+        for _, pattern, fingerprint in self.load().group.candidates(text):
             found = pattern.search(text)
             if found is not None:
                 return fingerprint, fingerprint.extract(found)
         return None
 
+    def __repr__(self) -> str:
+        return f"RecogDatabase({self.name!r}, loaded={self.loaded})"
+
 
 @dataclass(slots=True)
 class Recog:
-    """Every Recog database found in a directory, plus what could not be loaded."""
+    """Every Recog database found in a directory (each loaded on first use)."""
 
     directory: Path
     databases: dict[str, RecogDatabase]
-    issues: list[RecogIssue]
     version: str
     """First 12 hex digits of a SHA-256 over the loaded files' names and bytes."""
+
+    @property
+    def issues(self) -> list[RecogIssue]:
+        """What could not be loaded, in file order (loads every database: a full check)."""
+        return [issue for database in self.databases.values() for issue in database.issues]
 
     def for_kind(self, kind: Kind) -> list[tuple[RecogDatabase, Side]]:
         """The databases that apply to an Observation kind."""
@@ -180,10 +278,25 @@ class Recog:
             if mapped is kind and name in self.databases
         ]
 
+    def fingerprint(self, rule_id: str) -> RecogFingerprint | None:
+        """The fingerprint behind a ``recog:<database>:<ordinal>`` rule id (loads that database only)."""
+        if not rule_id.startswith(_RULE_PREFIX):
+            return None
+        name, _, ordinal = rule_id[len(_RULE_PREFIX) :].rpartition(":")
+        database = self.databases.get(name)
+        if database is None or not ordinal.isdigit():
+            return None
+        return database.fingerprint(int(ordinal))
+
+    def fingerprints(self) -> Iterator[RecogFingerprint]:
+        """Every loadable fingerprint, database by database (loads them all)."""
+        for database in self.databases.values():
+            yield from database.fingerprints
+
     @property
     def example_count(self) -> int:
         """How many examples the databases carry (including those of unloadable fingerprints)."""
-        loaded = sum(len(fp.examples) for db in self.databases.values() for fp in db.fingerprints)
+        loaded = sum(len(fp.examples) for fp in self.fingerprints())
         return loaded + sum(issue.examples for issue in self.issues)
 
 
@@ -213,7 +326,7 @@ def _rule_info(
     devices = {constants.get("hw.device"), constants.get("os.device")}
     strength = Strength.STRONG if database in _STRONG_DATABASES else Strength.MEDIUM
     return RuleInfo(
-        rule_id=f"recog:{database}:{ordinal}",
+        rule_id=f"{_RULE_PREFIX}{database}:{ordinal}",
         product_id=None,
         vendor=vendor,
         category=Category.MEDICAL_DEVICE if devices & RECOG_MEDICAL_DEVICES else None,
@@ -225,17 +338,20 @@ def _rule_info(
     )
 
 
-def _load_database(path: Path, issues: list[RecogIssue]) -> RecogDatabase:
+def _parse_database(name: str, data: bytes) -> _Loaded:
     """Parse and index one XML file."""
-    root = ET.parse(path).getroot()  # noqa: S314 - a local, trusted corpus file, not network input
-    name = path.stem
+    root = ET.fromstring(data)  # noqa: S314 - a local, trusted corpus file, not network input
     preference = root.get("preference")
-    database = RecogDatabase(
-        name=name,
+    database = _Loaded(
         match_key=root.get("matches") or name,
         protocol=root.get("protocol"),
         preference=float(preference) if preference else 0.10,
+        fingerprints=[],
+        group=RegexGroup(),
+        by_ordinal={},
+        issues=[],
     )
+    issues = database.issues
     for ordinal, element in enumerate(root.iter("fingerprint"), start=1):
         description = (element.findtext("description") or "").strip()
         pattern = element.get("pattern", "")
@@ -271,22 +387,26 @@ def _load_database(path: Path, issues: list[RecogIssue]) -> RecogDatabase:
             match_key=database.match_key,
         )
         database.fingerprints.append(fingerprint)
+        database.by_ordinal[ordinal] = fingerprint
         database.group.add(regex, fingerprint)
     return database
 
 
 def load_recog(directory: Path | str | None = None, *, only: frozenset[str] | None = None) -> Recog:
-    """Load every Recog database of ``directory`` (or only the named ones); raise if it is absent."""
+    """Read every Recog database of ``directory`` (or only the named ones); raise if it is absent.
+
+    Each database is parsed and compiled on first use (see the module doc).
+    """
     base = Path(directory) if directory is not None else default_recog_dir()
     xml_dir = _xml_dir(base)
     files = sorted(xml_dir.glob("*.xml"))
     if not files:
         raise FileNotFoundError(f"no Recog XML in {xml_dir} (set {RECOG_DIR_ENV})")
-    issues: list[RecogIssue] = []
     digest = hashlib.sha256()
     databases: dict[str, RecogDatabase] = {}
     for path in files:
         if only is None or path.stem in only:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-            databases[path.stem] = _load_database(path, issues)
-    return Recog(directory=xml_dir, databases=databases, issues=issues, version=digest.hexdigest()[:12])
+            data = path.read_bytes()
+            digest.update(path.name.encode() + b"\0" + data + b"\0")
+            databases[path.stem] = RecogDatabase(path.stem, data)
+    return Recog(directory=xml_dir, databases=databases, version=digest.hexdigest()[:12])
