@@ -6,8 +6,11 @@ leaves the database as it was before that file, and running it again finishes wi
 counts as an uninterrupted run; a file already ingested (same SHA-256 of its content) is
 skipped, so re-running never counts anything twice.
 
-The hash is computed by a thread beside the decoder (``hashlib`` releases the GIL on large
-buffers): a file found already ingested stops being decoded as soon as its hash is known.
+The file is read once: a thread hashes the very chunks the decoder reads, beside it (``hashlib``
+releases the GIL on large buffers), so the hash costs a second core rather than a second read.
+Content can only be known already if a file of the same size was ingested: then the file is
+hashed first, and skipped without decoding when it is known (a re-run); otherwise the hash is
+checked once decoding is done, in the write transaction (another scan may have got there first).
 The write transaction opens at the first flush only, so a long decode does not hold SQLite's
 write lock; identity resolution starts afresh for each file, so a file's result depends only on
 the database and the file (a re-run after a crash sees what the uninterrupted run saw).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,9 +43,12 @@ from store import Detection, IngestedFile, Store
 
 #: Distinct keys per window before a scan flushes into its (still open) file transaction.
 FLUSH_AT: Final = 100_000
-#: Observations taken from the decoder between two checks of the window size and the hash.
+#: Observations taken from the decoder between two checks of the window size.
 _BATCH: Final = 4096
-_HASH_BLOCK: Final = 1 << 22
+#: Bytes read at once where the pipeline reads a file itself (the decoder reads its own chunks).
+_READ_SIZE: Final = 1 << 22
+#: Chunks read ahead of the hashing thread at most: bounds the memory they hold.
+_HASH_BACKLOG: Final = 8
 
 Progress = Callable[[int], None]
 """Called with the number of bytes of the current file read so far."""
@@ -95,44 +102,69 @@ class ScanReport:
         return sum(item.decode.observations for item in self.files)
 
 
-class _HashingThread(threading.Thread):
-    """SHA-256 of a file, computed beside the decoder."""
+def _sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, read on its own (a file whose content may be known already)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_READ_SIZE):
+            hasher.update(block)
+    return hasher.hexdigest()
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(name=f"sha256 {path.name}", daemon=True)
-        self.path = path
-        self.digest: str | None = None
-        self.error: OSError | None = None
+
+class _Hasher(threading.Thread):
+    """SHA-256 of the chunks the decoder reads, computed by a thread beside it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=f"sha256 {name}", daemon=True)
+        self._blocks: queue.Queue[bytes | None] = queue.Queue(_HASH_BACKLOG)
+        self._hasher = hashlib.sha256()
 
     def run(self) -> None:
-        """Hash the file (hashlib releases the GIL on each block)."""
-        try:
-            hasher = hashlib.sha256()
-            with open(self.path, "rb") as handle:
-                while block := handle.read(_HASH_BLOCK):
-                    hasher.update(block)
-            self.digest = hasher.hexdigest()
-        except OSError as exc:
-            self.error = exc
+        """Hash blocks until the end mark (hashlib releases the GIL on each block)."""
+        get, update = self._blocks.get, self._hasher.update
+        while (block := get()) is not None:
+            update(block)
+
+    def feed(self, block: bytes) -> None:
+        """Hash ``block`` next (waits while the thread is ``_HASH_BACKLOG`` blocks behind)."""
+        if block:
+            self._blocks.put(block)
+
+    def hexdigest(self) -> str:
+        """Wait for the blocks fed so far; the digest of them all."""
+        self.stop()
+        return self._hasher.hexdigest()
+
+    def stop(self) -> None:
+        """End the thread once it has hashed what it was fed (idempotent)."""
+        if self.is_alive():
+            self._blocks.put(None)
+            self.join()
 
 
 class _Reader:
-    """A read-only file that reports progress and stops when the content turns out to be known."""
+    """A read-only file that reports progress and hands every chunk read to the hasher."""
 
-    def __init__(self, handle: BinaryIO, progress: Progress | None, check: Callable[[], None]) -> None:
+    def __init__(self, handle: BinaryIO, progress: Progress | None, hasher: _Hasher | None) -> None:
         self._handle = handle
         self._progress = progress
-        self._check = check
+        self._feed = hasher.feed if hasher is not None else None
         self.done = 0
 
     def read(self, size: int = -1) -> bytes:
         """Read like a file."""
-        self._check()
         data = self._handle.read(size)
+        if self._feed is not None:
+            self._feed(data)
         self.done += len(data)
         if self._progress is not None:
             self._progress(self.done)
         return data
+
+    def drain(self) -> None:
+        """Read what the decoder left (nothing, for a well-formed capture): the hash covers the file."""
+        while self.read(_READ_SIZE):
+            pass
 
 
 def _ingested(session: Session, digest: str) -> bool:
@@ -163,31 +195,18 @@ class Scanner:
         """Scan one file in one transaction; raise OSError or CaptureFormatError if it cannot be read."""
         started = time.perf_counter()
         report = FileScan(path=path, size=path.stat().st_size)
-        hashing = _HashingThread(path)
+        hasher: _Hasher | None = None
         if self._size_known(report.size):
             # Probably a re-run: hash first, and skip without decoding anything if it is.
-            hashing.run()
-            if hashing.error is not None:
-                raise hashing.error
-            assert hashing.digest is not None
-            with self.store.session() as reader:
-                if _ingested(reader, hashing.digest):
-                    report.sha256, report.skipped = hashing.digest, True
+            report.sha256 = _sha256_of(path)
+            with self.store.session() as lookup:
+                if _ingested(lookup, report.sha256):
+                    report.skipped = True
                     report.seconds = time.perf_counter() - started
                     return report
         else:
-            hashing.start()
-        checked = False
-
-        def check() -> None:
-            nonlocal checked
-            if checked or hashing.is_alive() or hashing.digest is None:
-                return
-            checked = True
-            with self.store.session() as reader:
-                if _ingested(reader, hashing.digest):
-                    raise AlreadyIngested
-
+            hasher = _Hasher(path.name)
+            hasher.start()
         resolver = IdentityResolver(self.site, pseudonymiser=self.pseudonymiser)
         writer = StoreWriter(self.index, site=self.site, agent=self.agent, resolver=resolver)
         # A batch adds at most ``batch`` keys: flushing at ``flush_at`` never reaches the bound.
@@ -196,11 +215,9 @@ class Scanner:
         try:
             with ExitStack() as stack, open(path, "rb") as handle:
                 session: Session | None = None
+                source = _Reader(handle, progress, hasher)
                 observations = decode_stream(
-                    cast(BinaryIO, _Reader(handle, progress, check)),
-                    agent=self.agent,
-                    source="pcap",
-                    stats=report.decode,
+                    cast(BinaryIO, source), agent=self.agent, source="pcap", stats=report.decode
                 )
                 for batch in _batches(observations, batch_size):
                     aggregator.add_all(batch)
@@ -208,12 +225,9 @@ class Scanner:
                         if session is None:
                             session = stack.enter_context(self.store.write())
                         report.stored.add(writer.write(session, aggregator.drain()))
-                if hashing.is_alive():
-                    hashing.join()
-                if hashing.error is not None:
-                    raise hashing.error
-                assert hashing.digest is not None
-                report.sha256 = hashing.digest
+                if hasher is not None:
+                    source.drain()
+                    report.sha256 = hasher.hexdigest()
                 if session is None:
                     session = stack.enter_context(self.store.write())
                 if _ingested(session, report.sha256):  # another scan got there first
@@ -231,10 +245,10 @@ class Scanner:
                     )
                 )
         except AlreadyIngested:
-            report = FileScan(path=path, size=report.size, sha256=hashing.digest or "", skipped=True)
+            report = FileScan(path=path, size=report.size, sha256=report.sha256, skipped=True)
         finally:
-            if hashing.is_alive():
-                hashing.join()
+            if hasher is not None:
+                hasher.stop()
         report.shed = aggregator.stats.shed_observations
         report.windows = aggregator.stats.windows
         report.seconds = time.perf_counter() - started
