@@ -323,7 +323,8 @@ class ProbeLogEntry(Base):
     protocol: Mapped[str] = mapped_column(String(32))
     port: Mapped[int | None] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(32))
-    """``ok``, ``timeout``, ``refused``, ``error``, ``denied`` (stopped by the safety gate), ``dry_run``."""
+    """``ok``, ``timeout``, ``refused``, ``unreachable``, ``malformed``, ``auth_failed``, ``error``,
+    ``denied`` (stopped by the safety gate), ``dry_run``."""
     detail: Mapped[str | None] = mapped_column(Text)
 
 
