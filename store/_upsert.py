@@ -168,7 +168,10 @@ def execute_many(
         # Concurrent writers (several agents on the central store) lock rows in one global order:
         # two upserts of overlapping keys then wait for each other instead of deadlocking.
         rows = sorted(rows, key=itemgetter(*order_by))
-    compiled = statement.compile(dialect=dialect)
+    # The VALUES clause names the rows' columns only, as SQLAlchemy's own executemany compiles it
+    # (from the first row's keys): compiled bare, an INSERT names every column (``id``,
+    # ``merged_into``...), no row matched, and endpoints and detections went row by row.
+    compiled = statement.compile(dialect=dialect, column_keys=list(rows[0].keys()))
     positional = compiled.positiontup is not None
     names: list[str] = list(compiled.positiontup) if positional else list(compiled.binds)
     wanted = set(names)
