@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +31,40 @@ SQLITE_CACHE_KIB: Final = 4096
 #: Any constant shared by every Lanterne process: PostgreSQL serialises migrations on it.
 _MIGRATION_LOCK: Final = 0x4C414E54  # "LANT"
 _SQLITE_BEGIN: Final = "lanterne_sqlite_begin"
-#: One encoder for every JSON column (``json.dumps`` would build a new one per value).
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _json_serializer() -> Callable[[Any], str]:
+    """The text of every JSON column: compact, UTF-8 kept as is; one C encoder for every value.
+
+    ``JSONEncoder.encode`` builds a new C encoder at each call (a scan writes tens of thousands
+    of attribute sets): building it once halves the cost. The only difference is that it does
+    not look for reference cycles (it would recurse until RecursionError rather than raise
+    ValueError): column values are plain attributes and evidence lists, never cyclic.
+    """
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has the C accelerator
+        return encoder.encode
+    encode = make(
+        None,  # no cycle markers (see above)
+        encoder.default,
+        json.encoder.encode_basestring,
+        None,  # indent
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
+    join = "".join
+
+    def dumps(value: Any) -> str:
+        return join(encode(value, 0))
+
+    return dumps
+
+
+_dumps: Final = _json_serializer()
 
 
 class StoreError(Exception):
