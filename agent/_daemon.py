@@ -46,7 +46,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-from agent._aggregate import Aggregator, FlushResult, StoreWriter, Window
+from agent._aggregate import FlushResult, StoreWriter
 from agent._config import Config
 from agent._identity import IdentityResolver, Pseudonymiser
 from agent._metrics import Metrics, Sample
@@ -60,6 +60,7 @@ from agent._spool import (
     window_from_json,
     window_to_json,
 )
+from agent._window import Aggregator, Window
 from collectors import Decoder, DecodeStats, Observation
 from collectors._bpf import Program, compile_filter, filter_expression
 from collectors._live import FlowAttributor, LiveCapture, Opener, open_packet_socket

@@ -36,6 +36,7 @@ from typing import Any, Final
 from sqlalchemy import Row, delete, select, update
 from sqlalchemy.orm import Session
 
+from agent._window import Sighting
 from collectors import Kind, is_locally_administered
 from fingerprints import mac_vendor
 from store import (
@@ -95,9 +96,6 @@ _PSEUDONYM_HEX: Final = 24  # 96 bits: no collision among a hospital's devices, 
 _SQL_CHUNK: Final = 500  # bound parameters per IN (...): well under SQLite's limit
 #: Bulk statements on rows never loaded as ORM objects: no session synchronisation to do.
 _BULK: Final = {"synchronize_session": False}
-
-Sighting = tuple[str | None, str | None]
-"""(IP, MAC) as a packet showed them; either may be missing."""
 
 
 class Pseudonymiser:

@@ -35,9 +35,10 @@ from typing import BinaryIO, Final, cast
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from agent._aggregate import Aggregator, FlushResult, StoreWriter
+from agent._aggregate import FlushResult, StoreWriter
 from agent._identity import IdentityResolver, Pseudonymiser
 from agent._reconcile import DEFAULT_LOOKBACK, ReconcileConfig, ReconcileResult, reconcile
+from agent._window import Aggregator
 from collectors import DecodeStats, Observation, decode_stream
 from fingerprints import Index
 from store import Detection, IngestedFile, Store

@@ -41,9 +41,10 @@ import httpx
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from agent._aggregate import Aggregator, FlushResult, StoreWriter
+from agent._aggregate import FlushResult, StoreWriter
 from agent._identity import IdentityResolver, Pseudonymiser
 from agent._reconcile import DEFAULT_LOOKBACK, ReconcileConfig, ReconcileResult, reconcile
+from agent._window import Aggregator
 from collectors import Endpoint, Kind, Observation
 from collectors._quiet import QuietLogger
 from collectors.probe import (

@@ -33,7 +33,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from agent._aggregate import StoreWriter, Window
+from agent._aggregate import StoreWriter
+from agent._window import Window
 from collectors import Kind
 from store import IngestedFile
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,38 +33,44 @@ _MIGRATION_LOCK: Final = 0x4C414E54  # "LANT"
 _SQLITE_BEGIN: Final = "lanterne_sqlite_begin"
 
 
-def _json_serializer() -> Callable[[Any], str]:
+class _JsonText:
     """The text of every JSON column: compact, UTF-8 kept as is; one C encoder for every value.
 
     ``JSONEncoder.encode`` builds a new C encoder at each call (a scan writes tens of thousands
     of attribute sets): building it once halves the cost. The only difference is that it does
     not look for reference cycles (it would recurse until RecursionError rather than raise
     ValueError): column values are plain attributes and evidence lists, never cyclic.
+
+    A callable object rather than a closure: psycopg caches its JSON dumpers per function, and
+    warns that a closure may leak (it cannot tell two closures of the same code apart).
     """
-    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-    make: Any = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # pragma: no cover - CPython always has the C accelerator
-        return encoder.encode
-    encode = make(
-        None,  # no cycle markers (see above)
-        encoder.default,
-        json.encoder.encode_basestring,
-        None,  # indent
-        encoder.key_separator,
-        encoder.item_separator,
-        encoder.sort_keys,
-        encoder.skipkeys,
-        encoder.allow_nan,
-    )
-    join = "".join
 
-    def dumps(value: Any) -> str:
-        return join(encode(value, 0))
+    __slots__ = ("_encode",)
 
-    return dumps
+    def __init__(self) -> None:
+        encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+        make: Any = getattr(json.encoder, "c_make_encoder", None)
+        if make is None:  # pragma: no cover - CPython always has the C accelerator
+            self._encode: Callable[[Any, Any], Iterable[str]] = encoder.iterencode
+            return
+        self._encode = make(
+            None,  # no cycle markers (see above)
+            encoder.default,
+            json.encoder.encode_basestring,
+            None,  # indent
+            encoder.key_separator,
+            encoder.item_separator,
+            encoder.sort_keys,
+            encoder.skipkeys,
+            encoder.allow_nan,
+        )
+
+    def __call__(self, value: Any) -> str:
+        """The JSON text of ``value``."""
+        return "".join(self._encode(value, 0))
 
 
-_dumps: Final = _json_serializer()
+_dumps: Final = _JsonText()
 
 
 class StoreError(Exception):

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from agent._aggregate import Aggregator, FlushResult, StoreWriter, product_key
+from agent._aggregate import FlushResult, StoreWriter, product_key
 from agent._identity import IdentityResolver
+from agent._window import Aggregator
 from collectors import Endpoint, Kind, Observation
 from fingerprints import Index, load_catalog, load_index
 from fingerprints import Index as FingerprintIndex

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from agent._aggregate import Aggregator, FlushResult, StoreWriter
+from agent._aggregate import FlushResult, StoreWriter
 from agent._identity import (
     DhcpFacts,
     IdentityResolver,
@@ -19,6 +19,7 @@ from agent._identity import (
     usable_ip,
     usable_mac,
 )
+from agent._window import Aggregator
 from collectors import Endpoint, Kind, Observation
 from fingerprints import Index, load_index
 from store import Detection, EndpointAlias, IdentityKind, ObservationAggregate, Store, open_store

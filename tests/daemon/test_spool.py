@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent._aggregate import Aggregator, StoreWriter
+from agent._aggregate import StoreWriter
 from agent._spool import (
     MARKER_PREFIX,
     Spool,
@@ -19,6 +19,7 @@ from agent._spool import (
     window_from_json,
     window_to_json,
 )
+from agent._window import Aggregator
 from collectors import Endpoint, Kind, Observation
 from fingerprints import Index, default_index
 from store import IngestedFile, open_store
