@@ -19,41 +19,40 @@ the database and the file (a re-run after a crash sees what the uninterrupted ru
 from __future__ import annotations
 
 import gc
-import hashlib
 import math
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import islice
 from pathlib import Path
-from typing import BinaryIO, Final, cast
+from typing import BinaryIO, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from agent._aggregate import FlushResult, StoreWriter
+from agent._decoding import (
+    BATCH,
+    FLUSH_AT,
+    DecodeWorker,
+    Hasher,
+    Progress,
+    Reader,
+    batches,
+    collector_paused,
+    old_objects_frozen,
+    sha256_of,
+    use_worker,
+)
 from agent._identity import IdentityResolver, Pseudonymiser
 from agent._reconcile import DEFAULT_LOOKBACK, ReconcileConfig, ReconcileResult, reconcile
-from agent._window import Aggregator
-from collectors import DecodeStats, Observation, decode_stream
+from agent._window import AggregateStats, Aggregator, Window
+from collectors import DecodeStats, decode_stream
 from fingerprints import Index
 from store import Detection, IngestedFile, Store
 
-#: Distinct keys per window before a scan flushes into its (still open) file transaction.
-FLUSH_AT: Final = 100_000
-#: Observations taken from the decoder between two checks of the window size.
-_BATCH: Final = 4096
-#: Bytes read at once where the pipeline reads a file itself (the decoder reads its own chunks).
-_READ_SIZE: Final = 1 << 22
-#: Chunks read ahead of the hashing thread at most: bounds the memory they hold.
-_HASH_BACKLOG: Final = 8
-
-Progress = Callable[[int], None]
-"""Called with the number of bytes of the current file read so far."""
+__all__ = ["FLUSH_AT", "AlreadyIngested", "FileScan", "ScanReport", "Scanner", "lookback_for"]
 
 
 class AlreadyIngested(Exception):
@@ -104,107 +103,6 @@ class ScanReport:
         return sum(item.decode.observations for item in self.files)
 
 
-def _sha256_of(path: Path) -> str:
-    """The SHA-256 of a file, read on its own (a file whose content may be known already)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_READ_SIZE):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
-class _Hasher(threading.Thread):
-    """SHA-256 of the chunks the decoder reads, computed by a thread beside it."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name=f"sha256 {name}", daemon=True)
-        self._blocks: queue.Queue[bytes | None] = queue.Queue(_HASH_BACKLOG)
-        self._hasher = hashlib.sha256()
-
-    def run(self) -> None:
-        """Hash blocks until the end mark (hashlib releases the GIL on each block)."""
-        get, update = self._blocks.get, self._hasher.update
-        while (block := get()) is not None:
-            update(block)
-
-    def feed(self, block: bytes) -> None:
-        """Hash ``block`` next (waits while the thread is ``_HASH_BACKLOG`` blocks behind)."""
-        if block:
-            self._blocks.put(block)
-
-    def hexdigest(self) -> str:
-        """Wait for the blocks fed so far; the digest of them all."""
-        self.stop()
-        return self._hasher.hexdigest()
-
-    def stop(self) -> None:
-        """End the thread once it has hashed what it was fed (idempotent)."""
-        if self.is_alive():
-            self._blocks.put(None)
-            self.join()
-
-
-class _Reader:
-    """A read-only file that reports progress and hands every chunk read to the hasher."""
-
-    def __init__(self, handle: BinaryIO, progress: Progress | None, hasher: _Hasher | None) -> None:
-        self._handle = handle
-        self._progress = progress
-        self._feed = hasher.feed if hasher is not None else None
-        self.done = 0
-
-    def read(self, size: int = -1) -> bytes:
-        """Read like a file."""
-        data = self._handle.read(size)
-        if self._feed is not None:
-            self._feed(data)
-        self.done += len(data)
-        if self._progress is not None:
-            self._progress(self.done)
-        return data
-
-    def drain(self) -> None:
-        """Read what the decoder left (nothing, for a well-formed capture): the hash covers the file."""
-        while self.read(_READ_SIZE):
-            pass
-
-
-@contextmanager
-def _old_objects_frozen() -> Iterator[None]:
-    """Keep the cyclic GC to young objects while a file is scanned (``gc.freeze`` each batch).
-
-    A scan holds ever larger long-lived tables (the window's keys and records, the match caches,
-    the catalogue, SQLAlchemy's registries): each full collection walks them all again, and the
-    growing window triggers several (0.3-0.6 s on the 500,000-packet mixed capture, a sixth of
-    the scan). What is alive at the end of a batch is frozen instead: out of the collector's sight,
-    while reference counting still frees it. Collections of young objects go on as usual, so a
-    cycle made while decoding a packet is freed as before; only a cycle among objects that
-    outlived a batch waits for the end of the file (a few hundred objects on that capture), when
-    everything is unfrozen. Process-wide, like any GC setting: scanning is what the process does.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No automatic collection while a window is written (bounded work that decodes nothing).
-
-    Writing allocates rows by the ten thousand, and would trigger half of a scan's collections
-    for nothing: they are acyclic, and reference counting frees them.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _ingested(session: Session, digest: str) -> bool:
     return session.scalar(select(IngestedFile.sha256).where(IngestedFile.sha256 == digest)) is not None
 
@@ -221,59 +119,88 @@ class Scanner:
         agent: str,
         pseudonymiser: Pseudonymiser | None = None,
         flush_at: int = FLUSH_AT,
+        parallel: bool | None = None,
     ) -> None:
+        """``parallel``: decode in a forked process beside the writer (None: for big files, on two cores)."""
         self.store = store
         self.index = index
         self.site = site
         self.agent = agent
         self.pseudonymiser = pseudonymiser
         self.flush_at = flush_at
+        self.parallel = parallel
 
-    def scan(self, path: Path, *, progress: Progress | None = None) -> FileScan:
-        """Scan one file in one transaction; raise OSError or CaptureFormatError if it cannot be read."""
+    def scan(
+        self,
+        path: Path,
+        *,
+        progress: Progress | None = None,
+        worker: DecodeWorker | None = None,
+        decoded: Callable[[], None] | None = None,
+    ) -> FileScan:
+        """Scan one file in one transaction; raise OSError or CaptureFormatError if it cannot be read.
+
+        ``worker``: a decoding process already started for ``path`` (closed here, whatever
+        happens); otherwise one is started here when ``use_worker`` says so, or the file is
+        decoded in this process. ``decoded``: called once the file is decoded, before its last
+        window is written (not for a file skipped as already ingested).
+        """
+        with ExitStack() as owned:
+            if worker is not None:
+                owned.callback(worker.close)
+            return self._scan(path, progress, worker, owned, decoded)
+        raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+
+    def _scan(
+        self,
+        path: Path,
+        progress: Progress | None,
+        worker: DecodeWorker | None,
+        owned: ExitStack,
+        decoded: Callable[[], None] | None,
+    ) -> FileScan:
         started = time.perf_counter()
         report = FileScan(path=path, size=path.stat().st_size)
-        hasher: _Hasher | None = None
         if self._size_known(report.size):
             # Probably a re-run: hash first, and skip without decoding anything if it is.
-            report.sha256 = _sha256_of(path)
+            report.sha256 = sha256_of(path)
             with self.store.session() as lookup:
                 if _ingested(lookup, report.sha256):
                     report.skipped = True
                     report.seconds = time.perf_counter() - started
                     return report
-        else:
-            hasher = _Hasher(path.name)
-            hasher.start()
+        if worker is None and use_worker(path, self.parallel):
+            worker = owned.enter_context(
+                DecodeWorker(path, self.index, agent=self.agent, flush_at=self.flush_at).start()
+            )
         resolver = IdentityResolver(self.site, pseudonymiser=self.pseudonymiser)
         writer = StoreWriter(self.index, site=self.site, agent=self.agent, resolver=resolver)
-        # A batch adds at most ``batch`` keys: flushing at ``flush_at`` never reaches the bound.
-        batch_size = max(1, min(_BATCH, self.flush_at))
-        aggregator = Aggregator(self.index, max_keys=self.flush_at + batch_size)
+        aggregate = AggregateStats()
         try:
-            with ExitStack() as stack, open(path, "rb") as handle, _old_objects_frozen():
+            with ExitStack() as stack, old_objects_frozen():
                 session: Session | None = None
-                source = _Reader(handle, progress, hasher)
-                observations = decode_stream(
-                    cast(BinaryIO, source), agent=self.agent, source="pcap", stats=report.decode
-                )
-                for batch in _batches(observations, batch_size):
-                    aggregator.add_all(batch)
+                windows: Iterator[Window]
+                if worker is not None:
+                    windows = worker.windows(progress, decoded)
+                else:
+                    handle = stack.enter_context(open(path, "rb"))
+                    windows = stack.enter_context(
+                        closing(self._windows(handle, report, progress, aggregate, decoded))
+                    )
+                for window in windows:
+                    if session is None:  # opened at the first window: decoding holds no write lock
+                        session = stack.enter_context(self.store.write())
+                    with collector_paused():
+                        report.stored.add(writer.write(session, window))
                     gc.freeze()
-                    if len(aggregator) >= self.flush_at:
-                        if session is None:
-                            session = stack.enter_context(self.store.write())
-                        with _collector_paused():
-                            report.stored.add(writer.write(session, aggregator.drain()))
-                if hasher is not None:
-                    source.drain()
-                    report.sha256 = hasher.hexdigest()
-                if session is None:
-                    session = stack.enter_context(self.store.write())
-                if _ingested(session, report.sha256):  # another scan got there first
+                if worker is not None:
+                    assert worker.result is not None, "windows() ends with the result"
+                    report.sha256 = worker.result.sha256
+                    report.decode = worker.result.stats
+                    aggregate = worker.result.aggregate
+                assert session is not None, "every file ends with a window, empty or not"
+                if _ingested(session, report.sha256):  # another scan got there first: roll back
                     raise AlreadyIngested
-                with _collector_paused():
-                    report.stored.add(writer.write(session, aggregator.drain()))
                 session.add(
                     IngestedFile(
                         sha256=report.sha256,
@@ -287,13 +214,49 @@ class Scanner:
                 )
         except AlreadyIngested:
             report = FileScan(path=path, size=report.size, sha256=report.sha256, skipped=True)
+        report.shed = aggregate.shed_observations
+        report.windows = aggregate.windows
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _windows(
+        self,
+        handle: BinaryIO,
+        report: FileScan,
+        progress: Progress | None,
+        stats: AggregateStats,
+        decoded: Callable[[], None] | None,
+    ) -> Generator[Window]:
+        """Decode and aggregate in this process: the windows of ``flush_at`` keys, then the rest.
+
+        Sets ``report.sha256`` (when not known already) before the last window.
+        """
+        hasher = Hasher(report.path.name) if not report.sha256 else None
+        # A batch adds at most ``BATCH`` keys: flushing at ``flush_at`` never reaches the bound.
+        batch_size = max(1, min(BATCH, self.flush_at))
+        aggregator = Aggregator(self.index, max_keys=self.flush_at + batch_size)
+        aggregator.stats = stats
+        try:
+            if hasher is not None:
+                hasher.start()
+            source = Reader(handle, progress, hasher)
+            observations = decode_stream(
+                cast(BinaryIO, source), agent=self.agent, source="pcap", stats=report.decode
+            )
+            for batch in batches(observations, batch_size):
+                aggregator.add_all(batch)
+                gc.freeze()
+                if len(aggregator) >= self.flush_at:
+                    yield aggregator.drain()
+            if hasher is not None:
+                source.drain()
+                report.sha256 = hasher.hexdigest()
+            if decoded is not None:
+                decoded()
+            yield aggregator.drain()
         finally:
             if hasher is not None:
                 hasher.stop()
-        report.shed = aggregator.stats.shed_observations
-        report.windows = aggregator.stats.windows
-        report.seconds = time.perf_counter() - started
-        return report
 
     def _size_known(self, size: int) -> bool:
         with self.store.session() as session:
@@ -323,11 +286,6 @@ class Scanner:
             return reconcile(
                 session, self.site, now, config=ReconcileConfig(lookback=lookback), catalog=self.index.catalog
             )
-
-
-def _batches(observations: Iterator[Observation], size: int) -> Iterator[list[Observation]]:
-    while batch := list(islice(observations, size)):
-        yield batch
 
 
 def lookback_for(files: Sequence[FileScan], now: datetime, days: int | None) -> timedelta:

@@ -13,10 +13,11 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 from rich.markup import escape
@@ -42,20 +43,26 @@ from agent._cli_common import (
     err,
     fatal,
 )
-from agent._identity import Pseudonymiser
-from agent._pipeline import FLUSH_AT, FileScan, Scanner, ScanReport
+from agent._decoding import FLUSH_AT, DecoderDied, DecodeWorker, use_worker
 from collectors import CaptureFormatError
-from fingerprints import CatalogError, default_index
-from store import ReconciliationStatus, StoreError, open_store
+from fingerprints import CatalogError, Index, default_index
+
+# The store, SQLAlchemy and the pipeline are imported inside ``scan``, once the first file's
+# decoding process is forked: their start-up then runs beside its decoding (``agent._decoding``).
+if TYPE_CHECKING:
+    from agent._identity import Pseudonymiser
+    from agent._pipeline import ScanReport
 
 #: Files at least this large get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_BYTES: Final = 16 << 20
 #: Statuses that ``--fail-on-findings`` fails on: shadow IT and unnamed AI or medical devices.
-FINDINGS: Final = (ReconciliationStatus.UNDECLARED_OBSERVED, ReconciliationStatus.UNKNOWN_OBSERVED)
+FINDINGS: Final = frozenset({"undeclared_observed", "unknown_observed"})
 PSEUDONYM_KEY_ENV: Final = "LANTERNE_PSEUDONYM_KEY"
 
 
 def _pseudonymiser(enabled: bool) -> Pseudonymiser | None:
+    from agent._identity import Pseudonymiser  # noqa: PLC0415 - see the imports
+
     if not enabled:
         return None
     key = os.environ.get(PSEUDONYM_KEY_ENV, "")
@@ -140,29 +147,131 @@ def scan(
             help="Distinct observations held in memory before a write (each file still commits once).",
         ),
     ] = FLUSH_AT,
+    parallel: Annotated[
+        bool | None,
+        typer.Option(
+            "--parallel/--no-parallel",
+            envvar="LANTERNE_PARALLEL",
+            help="Decode in a second process beside the writer (default: files of 8 MiB or more, "
+            "on two cores or more).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", envvar="LANTERNE_JSON", help="Also print the summary as JSON on stdout.")
     ] = False,
 ) -> None:
     """Ingest captures: observe, match, store, reconcile; print a summary."""
     agent_name = agent or default_agent_name()
-    pseudonymiser = _pseudonymiser(pseudonymous)
     try:
         index = default_index()
     except CatalogError as exc:
         fatal(f"the fingerprint catalogue does not load: {exc}", tip="run: lanterne fingerprints test")
+    with ExitStack() as workers:
+        prefetch = _Prefetch(
+            files, index, workers, agent=agent_name, flush_keys=flush_keys, parallel=parallel
+        )
+        prefetch(0)  # before the store is imported: its start-up runs beside the decoding
+        report = _scan_files(
+            files,
+            prefetch,
+            db=db,
+            site=site,
+            agent=agent_name,
+            pseudonymous=pseudonymous,
+            lookback_days=lookback_days,
+            progress=progress,
+            flush_keys=flush_keys,
+            parallel=parallel,
+        )
+    _print_summary(report)
+    if as_json:
+        sys.stdout.write(json.dumps(summary_dict(report), ensure_ascii=False, indent=1) + "\n")
+    if any(item.error for item in report.files):
+        raise typer.Exit(EXIT_USAGE)
+    findings = report.reconciliation is not None and any(
+        product.status in FINDINGS for product in report.reconciliation.products
+    )
+    if fail_on_findings and findings:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+class _Prefetch:
+    """The decoding processes of the files to scan, each started before its file's turn.
+
+    The first one before the store is even imported; each next one as soon as the previous file
+    is decoded, so that it decodes while that file is written.
+    """
+
+    def __init__(
+        self,
+        files: list[Path],
+        index: Index,
+        stack: ExitStack,
+        *,
+        agent: str,
+        flush_keys: int,
+        parallel: bool | None,
+    ) -> None:
+        self.files = files
+        self.index = index
+        self.stack = stack
+        self.agent = agent
+        self.flush_keys = flush_keys
+        self.parallel = parallel
+        self.started: dict[int, DecodeWorker] = {}
+
+    def __call__(self, number: int) -> None:
+        """Start the decoding process of file ``number`` if there is such a file and it needs one."""
+        if (
+            number >= len(self.files)
+            or number in self.started
+            or not use_worker(self.files[number], self.parallel)
+        ):
+            return
+        worker = DecodeWorker(self.files[number], self.index, agent=self.agent, flush_at=self.flush_keys)
+        self.started[number] = self.stack.enter_context(worker.start())
+
+    def take(self, number: int) -> DecodeWorker | None:
+        """The decoding process started for file ``number``, if any (the scan closes it)."""
+        return self.started.pop(number, None)
+
+
+def _scan_files(
+    files: list[Path],
+    prefetch: _Prefetch,
+    *,
+    db: str | None,
+    site: str,
+    agent: str,
+    pseudonymous: bool,
+    lookback_days: int | None,
+    progress: bool | None,
+    flush_keys: int,
+    parallel: bool | None,
+) -> ScanReport:
+    """Scan ``files`` into the store and reconcile them."""
+    from agent._pipeline import FileScan, Scanner, ScanReport  # noqa: PLC0415 - see the imports
+    from store import StoreError, open_store  # noqa: PLC0415
+
+    pseudonymiser = _pseudonymiser(pseudonymous)
     try:
         store = open_store(db or default_db_url())
     except StoreError as exc:
         fatal(str(exc), tip="check --db / LANTERNE_DB (sqlite:///path.db or postgresql://user@host/db)")
     report = ScanReport()
-    failed = False
     try:
         scanner = Scanner(
-            store, index, site=site, agent=agent_name, pseudonymiser=pseudonymiser, flush_at=flush_keys
+            store,
+            prefetch.index,
+            site=site,
+            agent=agent,
+            pseudonymiser=pseudonymiser,
+            flush_at=flush_keys,
+            parallel=parallel,
         )
         with _progress(files, progress) as bar:
-            for path in files:
+            for number, path in enumerate(files):
                 task = None
                 if bar is not None and path.is_file():
                     task = bar.add_task(escape(path.name), total=path.stat().st_size)
@@ -172,9 +281,13 @@ def scan(
                         bar.update(task, completed=done)
 
                 try:
-                    result = scanner.scan(path, progress=advance)
-                except (OSError, CaptureFormatError) as exc:
-                    failed = True
+                    result = scanner.scan(
+                        path,
+                        progress=advance,
+                        worker=prefetch.take(number),
+                        decoded=partial(prefetch, number + 1),
+                    )
+                except (OSError, CaptureFormatError, DecoderDied) as exc:
                     report.files.append(FileScan(path=path, size=0, error=str(exc)))
                     err.print(f"[red]{escape(str(path))}:[/] {escape(str(exc))}")
                     continue
@@ -194,20 +307,13 @@ def scan(
         fatal(str(exc))
     finally:
         store.dispose()
-    _print_summary(report)
-    if as_json:
-        sys.stdout.write(json.dumps(summary_dict(report), ensure_ascii=False, indent=1) + "\n")
-    if failed:
-        raise typer.Exit(EXIT_USAGE)
-    findings = report.reconciliation is not None and any(
-        report.reconciliation.count(status) for status in FINDINGS
-    )
-    if fail_on_findings and findings:
-        raise typer.Exit(EXIT_FINDINGS)
+    return report
 
 
 def summary_dict(report: ScanReport) -> dict[str, Any]:
     """The scan summary as plain data (``--json``)."""
+    from store import ReconciliationStatus  # noqa: PLC0415 - see the imports
+
     stored = report.stored
     reconciliation = report.reconciliation
     return {

@@ -1,0 +1,220 @@
+"""A scan decoding in a forked process stores what the one-process scan stores, and fails as cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import agent._decoding
+from agent._decoding import DecoderDied, DecodeWorker, parallel_available
+from agent._pipeline import Scanner
+from collectors import CaptureFormatError, Observation
+from fingerprints import Index, load_index
+from store import open_store
+from tests.agent.test_scan import T0, capture, scan, snapshot
+from tests.corpus import corpus_pcaps
+
+pytestmark = pytest.mark.skipif(
+    not parallel_available(), reason="decoding in a second process needs fork() and two CPUs"
+)
+
+DEMO = Path(__file__).resolve().parents[2] / "agent" / "demo" / "hospital.pcap"
+#: Corpus captures with something for each part of the pipeline: DHCP identities, DNS over TCP,
+#: mDNS, IPv6 fragments, QUIC across Initials, TLS, LLMNR over TCP, HL7, SNMP, SSDP, HTTP.
+CORPUS_NAMES = (
+    "wireshark-dhcp.pcap",
+    "dhcp__dhcp.pcap",
+    "dns_tcp.pcap",
+    "dns__mdns.pcap",
+    "ipv6-fragmented-dns.pcap",
+    "quic__quic-multiple-initial-fragmented-crypto.pcap",
+    "ja4-tls__input.pcap",
+    "llmnr__llmnr-tcp-reassembly__input.pcap",
+    "hl7.pcap",
+    "snmp__snmpwalk-short.pcap",
+    "sip-ssdp-pm__ssdp.pcap",
+    "http__methods.pcap",
+)
+
+
+@pytest.fixture(scope="module")
+def index() -> Index:
+    return load_index()
+
+
+def _scan_into(url: str, index: Index, paths: list[Path], *, parallel: bool, flush_at: int) -> list[Any]:
+    store = open_store(url)
+    try:
+        scanner = Scanner(store, index, site="s", agent="a", flush_at=flush_at, parallel=parallel)
+        reports = [scanner.scan(path) for path in paths]
+    finally:
+        store.dispose()
+    return [
+        (report.sha256, report.skipped, report.windows, report.shed, report.decode.to_dict())
+        for report in reports
+    ]
+
+
+def _corpus_sample() -> list[Path]:
+    return [path for path in corpus_pcaps() if path.name in CORPUS_NAMES]
+
+
+@pytest.mark.parametrize("case", ["demo", "windows", "corpus"])
+def test_parallel_scan_stores_what_the_one_process_scan_stores(
+    case: str, index: Index, tmp_path: Path
+) -> None:
+    flush_at = 100_000
+    if case == "demo":
+        paths = [DEMO]
+    elif case == "windows":
+        names = [f"host{i}.example.org" for i in range(80)] + ["chatgpt.com", "claude.ai"]
+        paths = [capture(tmp_path / "w.pcap", packets=4000, clients=50, names=names, seed=7)]
+        flush_at = 97  # dozens of windows sent by the child, each written as it comes
+    else:
+        paths = _corpus_sample()
+        if not paths:
+            pytest.skip("the shared corpus is absent: no third-party captures to compare on")
+    one = f"sqlite:///{tmp_path / 'one.db'}"
+    two = f"sqlite:///{tmp_path / 'two.db'}"
+    serial = _scan_into(one, index, paths, parallel=False, flush_at=flush_at)
+    parallel = _scan_into(two, index, paths, parallel=True, flush_at=flush_at)
+    assert parallel == serial
+    if case == "windows":
+        assert serial[0][2] > 10, "the case is meant to cross many windows"
+    expected = snapshot(one)
+    assert expected["observations"] > 0
+    assert snapshot(two) == expected
+
+
+def test_prefetched_files_through_the_cli_give_the_one_process_result(tmp_path: Path) -> None:
+    names = [f"n{i}.example.org" for i in range(30)] + ["chatgpt.com"]
+    paths = [
+        str(
+            capture(
+                tmp_path / f"f{seed}.pcap", packets=1500, clients=20, names=names, seed=seed, start=T0 + seed
+            )
+        )
+        for seed in (11, 12, 13)
+    ]
+    common = ["--site", "s", "--agent", "a", "--no-progress"]
+    serial = scan(*paths, "--db", str(tmp_path / "serial.db"), "--no-parallel", *common)
+    parallel = scan(*paths, "--db", str(tmp_path / "parallel.db"), "--parallel", *common)
+    assert serial.exit_code == parallel.exit_code == 0, parallel.output
+    assert snapshot(f"sqlite:///{tmp_path / 'parallel.db'}") == snapshot(
+        f"sqlite:///{tmp_path / 'serial.db'}"
+    )
+    again = scan(*paths, "--db", str(tmp_path / "parallel.db"), "--parallel", *common)
+    assert again.exit_code == 0
+    assert len(re.findall(r"already\s+ingested \(sha256", again.output)) == 3
+
+
+def test_a_file_the_child_cannot_read_fails_alone(tmp_path: Path) -> None:
+    good = capture(tmp_path / "good.pcap", packets=200, clients=5, names=["chatgpt.com"], seed=2)
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"this is not a capture at all" * 10)
+    missing = tmp_path / "missing.pcap"
+    result = scan(str(bad), str(missing), str(good), "--db", str(tmp_path / "x.db"), "--parallel")
+    assert result.exit_code == 2
+    assert "bad.pcap" in result.output
+    assert "missing.pcap" in result.output
+    after = snapshot(f"sqlite:///{tmp_path / 'x.db'}")
+    assert len(after["files"]) == 1
+    assert after["observations"] == 200
+
+
+def test_the_childs_exception_reaches_the_scan_as_itself(index: Index, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"\x00" * 64)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    messages = []
+    for parallel in (False, True):
+        store = open_store(url)
+        try:
+            with pytest.raises(CaptureFormatError) as caught:
+                Scanner(store, index, site="s", agent="a", parallel=parallel).scan(bad)
+            messages.append(str(caught.value))
+        finally:
+            store.dispose()
+    assert messages[0] == messages[1]
+
+
+def test_a_child_that_dies_rolls_its_file_back(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"h{i}.example.org" for i in range(50)]
+    path = capture(tmp_path / "d.pcap", packets=3000, clients=30, names=names, seed=9)
+    real = agent._decoding.decode_stream
+
+    def dying(*args: Any, **kwargs: Any) -> Iterator[Observation]:
+        for number, observation in enumerate(real(*args, **kwargs)):
+            if number == 2500:  # several windows sent already: the parent has written them
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield observation
+
+    monkeypatch.setattr(agent._decoding, "decode_stream", dying)  # the forked child inherits it
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    store = open_store(url)
+    try:
+        with pytest.raises(DecoderDied, match=r"exit code -9"):
+            Scanner(store, index, site="s", agent="a", flush_at=200, parallel=True).scan(path)
+    finally:
+        store.dispose()
+    empty = snapshot(url)
+    assert (empty["endpoints"], empty["observation_rows"], empty["files"]) == (0, 0, [])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
+    fifo = tmp_path / "endless.pcap"
+    os.mkfifo(fifo)  # the child blocks reading it: only its parent's death can end it
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from agent._decoding import DecodeWorker\n"
+        "from fingerprints import load_index\n"
+        f"worker = DecodeWorker(Path({str(fifo)!r}), load_index(with_recog=False), agent='a').start()\n"
+        "print(worker._process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the decoding process outlived the scan that started it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def test_a_worker_closed_early_leaves_no_process(index: Index, tmp_path: Path) -> None:
+    path = capture(tmp_path / "c.pcap", packets=500, clients=5, names=["chatgpt.com"], seed=4)
+    with DecodeWorker(path, index, agent="a").start() as worker:
+        pid = worker._process.pid
+    assert not _alive(pid)
+    assert worker.result is None
