@@ -6,7 +6,8 @@ Runs, in one process, on the 500,000-packet mixed capture of ``../shared/bench``
 - ``tshark -n -T fields -e dns.qry.name -e tls.handshake.extensions_server_name -e http.host``
   (the peer every figure is compared with, measured in the same run);
 - ``lanterne scan`` in a subprocess into a fresh SQLite file, then into a fresh PostgreSQL schema
-  (wall and CPU time of the child from ``wait4``, and its peak RSS);
+  (wall and CPU time of the child and its decoding process from ``wait4``, and the peak RSS);
+  the SQLite scan again with ``--no-parallel`` (decoding in the scanning process), for comparison;
 - the same scan in-process without the start-up (catalogue load, imports), to show the pipeline;
 - raw aggregated upserts (``store.upsert_observations``, 1,000-row batches) into SQLite and
   PostgreSQL.
@@ -108,7 +109,8 @@ def child(
         output = process.stdout.read()
     assert process.stderr is not None
     errors = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage (not every child's)
+    # This child's rusage, its own reaped children (the decoding process) included; not every child's.
+    _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode not in (0, 1):
@@ -172,7 +174,7 @@ def bench_tshark(capture: Path) -> Run:
     return Run("tshark -T fields (dns, sni, host)", wall, cpu, PACKETS, rss)
 
 
-def bench_scan(capture: Path, db: str, name: str) -> tuple[Run, dict[str, object]]:
+def bench_scan(capture: Path, db: str, name: str, *extra: str) -> tuple[Run, dict[str, object]]:
     argv = [
         *lanterne(),
         "scan",
@@ -185,6 +187,7 @@ def bench_scan(capture: Path, db: str, name: str) -> tuple[Run, dict[str, object
         "bench",
         "--json",
         "--no-progress",
+        *extra,
     ]
     wall, cpu, rss, _, output = child(argv, stdout=None)
     summary = json.loads(output)
@@ -298,6 +301,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             scans.append(run)
         sqlite_scan = best(scans)
         runs.append(sqlite_scan)
+        runs.append(
+            best(
+                [
+                    bench_scan(
+                        args.capture,
+                        f"sqlite:///{directory / f'serial{i}.db'}",
+                        "  (one process: --no-parallel)",
+                        "--no-parallel",
+                    )[0]
+                    for i in range(args.repeat)
+                ]
+            )
+        )
         pg_scan = None
         pg_scans = []
         for _ in range(args.repeat):

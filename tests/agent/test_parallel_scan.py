@@ -22,6 +22,7 @@ from fingerprints import Index, load_index
 from store import open_store
 from tests.agent.test_scan import T0, capture, scan, snapshot
 from tests.corpus import corpus_pcaps
+from tests.store.dburl import BACKENDS, temporary_database
 
 pytestmark = pytest.mark.skipif(
     not parallel_available(), reason="decoding in a second process needs fork() and two CPUs"
@@ -95,7 +96,9 @@ def test_parallel_scan_stores_what_the_one_process_scan_stores(
     assert snapshot(two) == expected
 
 
-def test_prefetched_files_through_the_cli_give_the_one_process_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prefetched_files_through_the_cli_give_the_one_process_result(backend: str, tmp_path: Path) -> None:
+    """Three files: the first child forks before the store opens, the next ones beside its connections."""
     names = [f"n{i}.example.org" for i in range(30)] + ["chatgpt.com"]
     paths = [
         str(
@@ -106,15 +109,18 @@ def test_prefetched_files_through_the_cli_give_the_one_process_result(tmp_path: 
         for seed in (11, 12, 13)
     ]
     common = ["--site", "s", "--agent", "a", "--no-progress"]
-    serial = scan(*paths, "--db", str(tmp_path / "serial.db"), "--no-parallel", *common)
-    parallel = scan(*paths, "--db", str(tmp_path / "parallel.db"), "--parallel", *common)
-    assert serial.exit_code == parallel.exit_code == 0, parallel.output
-    assert snapshot(f"sqlite:///{tmp_path / 'parallel.db'}") == snapshot(
-        f"sqlite:///{tmp_path / 'serial.db'}"
-    )
-    again = scan(*paths, "--db", str(tmp_path / "parallel.db"), "--parallel", *common)
-    assert again.exit_code == 0
-    assert len(re.findall(r"already\s+ingested \(sha256", again.output)) == 3
+    with (
+        temporary_database(backend, tmp_path / "one") as one,
+        temporary_database(backend, tmp_path / "two") as two,
+    ):
+        serial = scan(*paths, "--db", one, "--no-parallel", *common)
+        parallel = scan(*paths, "--db", two, "--parallel", *common)
+        assert serial.exit_code == parallel.exit_code == 0, parallel.output
+        assert snapshot(two) == snapshot(one)
+        again = scan(*paths, "--db", two, "--parallel", *common)
+        assert again.exit_code == 0
+        assert len(re.findall(r"already\s+ingested \(sha256", again.output)) == 3
+        assert snapshot(two) == snapshot(one)
 
 
 def test_a_file_the_child_cannot_read_fails_alone(tmp_path: Path) -> None:
