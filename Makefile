@@ -28,6 +28,7 @@ unit: setup
 bench: setup
 	$(PY) bench/bench_decode.py
 	$(PY) bench/bench_matcher.py
+	$(PY) bench/bench_scan.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -30,6 +29,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from collectors import Endpoint, Kind, MalformedPacket, PacketContext, ParseError, Truncated, dicom
+from tests.peers import system_command
 
 MODALITY = Endpoint(ip="10.30.0.21", port=50123)
 PACS = Endpoint(ip="10.30.0.2", port=104)
@@ -235,11 +235,18 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.skipif(shutil.which("storescp") is None, reason="dcmtk's storescp is not installed")
+@pytest.mark.skipif(system_command("storescp") is None, reason="dcmtk's storescp is not installed")
 def test_real_association_with_dcmtk_storescp(tmp_path: Path) -> None:
     port = _free_port()
     scp = subprocess.Popen(
-        ["storescp", "--aetitle", "DCMTK_PACS", "--output-directory", str(tmp_path), str(port)],
+        [
+            str(system_command("storescp")),
+            "--aetitle",
+            "DCMTK_PACS",
+            "--output-directory",
+            str(tmp_path),
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

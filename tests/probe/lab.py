@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from tests.peers import system_command
 
 PREFIX: Final = "l6p"
 _NAMESPACE: Final = re.compile(rf"{PREFIX}-(\d+)-")
@@ -37,7 +38,7 @@ def missing_requirements() -> str | None:
     """Why the lab cannot run here (not root, a peer missing), or None."""
     if os.geteuid() != 0:
         return "the lab builds network namespaces: run as root (.ci/run does)"
-    missing = [name for name in PEER_COMMANDS if shutil.which(name) is None]
+    missing = [name for name in PEER_COMMANDS if system_command(name) is None]
     if missing:
         return f"the lab needs {', '.join(missing)} (apt install snmpd dcmtk tcpdump iproute2)"
     return None

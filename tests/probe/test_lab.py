@@ -46,6 +46,7 @@ from collectors import Endpoint, Kind, Observation
 from fingerprints import default_index
 from store import Detection, EndpointAlias, ObservationAggregate, ProbeLogEntry, open_store
 from store import Endpoint as EndpointRow
+from tests.peers import system_command
 from tests.probe.lab import PYTHON, REPO, Host, Lab, missing_requirements
 from tests.probe.lab_peers import FAVICON
 
@@ -142,7 +143,14 @@ def build(lab: Lab) -> dict[str, Host]:
     lab.peer(hosts["mdn"], "mdns", "--name", "HOROS-WS1")
     for name in ("dny", "pmp", "ctl", "out"):
         lab.peer(hosts[name], "web", "--port", "80", "--server", "nginx/1.22.1", "--title", f"host {name}")
-    storescp = ["storescp", "--aetitle", "LABSCP", "--output-directory", str(lab.folder), "11112"]
+    storescp = [
+        str(system_command("storescp")),
+        "--aetitle",
+        "LABSCP",
+        "--output-directory",
+        str(lab.folder),
+        "11112",
+    ]
     lab.start(hosts["dcm"].namespace, *storescp, label="dcm-storescp")
     for label in ("web-web", "llm-ollama", "mdn-mdns", "dny-web", "pmp-web", "ctl-web", "out-web"):
         lab.wait_for(label, "ready")
