@@ -237,7 +237,7 @@ class DecodeWorker:
             name=f"lanterne-decode {self.path.name}",
             daemon=True,
         )
-        gc.freeze()  # the child's copy of the heap stays shared: no collection touches it
+        gc.freeze()  # before fork(): the child's collections never touch the pages it shares
         try:
             with warnings.catch_warnings():
                 # Python >= 3.12 warns when a process with threads forks (a progress bar's
@@ -245,8 +245,11 @@ class DecodeWorker:
                 # which takes none of their locks.
                 warnings.filterwarnings("ignore", message=r".*fork\(\)", category=DeprecationWarning)
                 self._process.start()
+        except BaseException:
+            receive.close()
+            self._process = None
+            raise
         finally:
-            gc.unfreeze()
             send.close()
         self._receive = receive
         return self

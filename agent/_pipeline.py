@@ -8,6 +8,8 @@ skipped, so re-running never counts anything twice.
 
 The file is read once: a thread hashes the very chunks the decoder reads, beside it (``hashlib``
 releases the GIL on large buffers), so the hash costs a second core rather than a second read.
+A large file is read, decoded and aggregated in a forked process while this one writes
+(``agent._decoding``): the same windows come out of it, so the same rows go in.
 Content can only be known already if a file of the same size was ingested: then the file is
 hashed first, and skipped without decoding when it is known (a re-run); otherwise the hash is
 checked once decoding is done, in the write transaction (another scan may have got there first).
@@ -145,20 +147,22 @@ class Scanner:
         decoded in this process. ``decoded``: called once the file is decoded, before its last
         window is written (not for a file skipped as already ingested).
         """
-        with ExitStack() as owned:
-            if worker is not None:
-                owned.callback(worker.close)
-            return self._scan(path, progress, worker, owned, decoded)
-        raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+        workers = [worker] if worker is not None else []
+        try:
+            return self._scan(path, progress, worker, workers, decoded)
+        finally:
+            for started in workers:
+                started.close()
 
     def _scan(
         self,
         path: Path,
         progress: Progress | None,
         worker: DecodeWorker | None,
-        owned: ExitStack,
+        workers: list[DecodeWorker],
         decoded: Callable[[], None] | None,
     ) -> FileScan:
+        """``scan``'s work; a decoding process started here joins ``workers`` (closed by ``scan``)."""
         started = time.perf_counter()
         report = FileScan(path=path, size=path.stat().st_size)
         if self._size_known(report.size):
@@ -170,9 +174,12 @@ class Scanner:
                     report.seconds = time.perf_counter() - started
                     return report
         if worker is None and use_worker(path, self.parallel):
-            worker = owned.enter_context(
-                DecodeWorker(path, self.index, agent=self.agent, flush_at=self.flush_at).start()
-            )
+            worker = DecodeWorker(path, self.index, agent=self.agent, flush_at=self.flush_at)
+            workers.append(worker)
+            try:
+                worker.start()
+            except OSError:  # no process to be had (a limit, memory): decode in this one
+                worker = None
         resolver = IdentityResolver(self.site, pseudonymiser=self.pseudonymiser)
         writer = StoreWriter(self.index, site=self.site, agent=self.agent, resolver=resolver)
         aggregate = AggregateStats()

@@ -230,7 +230,10 @@ class _Prefetch:
         ):
             return
         worker = DecodeWorker(self.files[number], self.index, agent=self.agent, flush_at=self.flush_keys)
-        self.started[number] = self.stack.enter_context(worker.start())
+        try:
+            self.started[number] = self.stack.enter_context(worker.start())
+        except OSError:  # no process to be had (a limit, memory): the file is decoded in this one
+            worker.close()
 
     def take(self, number: int) -> DecodeWorker | None:
         """The decoding process started for file ``number``, if any (the scan closes it)."""

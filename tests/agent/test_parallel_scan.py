@@ -224,3 +224,24 @@ def test_a_worker_closed_early_leaves_no_process(index: Index, tmp_path: Path) -
         pid = worker._process.pid
     assert not _alive(pid)
     assert worker.result is None
+
+
+def test_no_process_to_be_had_means_decoding_in_this_one(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = capture(tmp_path / "f.pcap", packets=300, clients=5, names=["chatgpt.com"], seed=5)
+
+    def refused(self: DecodeWorker) -> DecodeWorker:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(DecodeWorker, "start", refused)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    store = open_store(url)
+    try:
+        report = Scanner(store, index, site="s", agent="a", parallel=True).scan(path)
+    finally:
+        store.dispose()
+    assert (report.decode.packets, snapshot(url)["observations"]) == (300, 300)
+    result = scan(str(path), "--db", str(tmp_path / "cli.db"), "--parallel")
+    assert result.exit_code == 0, result.output
+    assert snapshot(f"sqlite:///{tmp_path / 'cli.db'}")["observations"] == 300
