@@ -30,6 +30,7 @@ decides), and reports a failure as the exception it raised (``OSError``,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import hashlib
@@ -355,8 +356,11 @@ def _child(send: Connection, parent: int, path: Path, index: Index, agent: str, 
     except BaseException as exc:  # every failure goes to the parent, which decides
         try:
             put(("error", exc))
+        except BrokenPipeError:
+            pass
         except Exception:  # an exception that does not pickle: its text then
-            put(("failed", "".join(traceback.format_exception(exc)).strip()))
+            with contextlib.suppress(BrokenPipeError):
+                put(("failed", "".join(traceback.format_exception(exc)).strip()))
     finally:
         hasher.stop()
         send.close()
