@@ -6,7 +6,7 @@ distinct keys (or ``max_evidence``, ``max_peers``) new keys are shed and counted
 existing keys keep counting. A flood of random subdomains costs at most the bound.
 
 This module needs the decoder and the catalogue only, never the database: a scan's decoding
-process (``agent._decode_worker``) aggregates with it before SQLAlchemy is even imported, and
+process (``agent._decoding``) aggregates with it before SQLAlchemy is even imported, and
 hands the windows (``Window``, picklable) to the process that writes them
 (``agent._aggregate.StoreWriter``).
 """
