@@ -21,9 +21,11 @@ The rules, in one place:
   (webhook ``Idempotency-Key`` header and body, CEF ``cs3``) so a receiver can drop the duplicate
   that a crash between sending and recording could cause. UDP syslog has no acknowledgement: sent
   is as delivered as it gets (use TCP where the SIEM must not miss one).
-- **Webhook.** ``POST`` of the JSON body; ``X-Lanterne-Signature: sha256=<hex HMAC-SHA256 of the
-  body with the channel's secret>``, ``X-Lanterne-Timestamp`` (seconds) and ``Idempotency-Key``.
-  Any answer but 2xx, or no answer, is a failure.
+- **Webhook.** ``POST`` of the JSON body with ``X-Lanterne-Timestamp`` (epoch seconds of the
+  attempt), ``X-Lanterne-Signature: sha256=<hex HMAC-SHA256, with the channel's secret, of the
+  timestamp, a dot, and the body>`` and ``Idempotency-Key``. The timestamp is signed, so a receiver
+  refuses a replayed request as well as a forged one (``verify``: five minutes of tolerance by
+  default). Any answer but 2xx, or no answer, is a failure.
 - **Syslog.** RFC 5424 messages (``<PRI>1 TIMESTAMP HOST lanterne - MSGID - CEF:0|…``); over TCP
   with octet-counting framing (RFC 6587), over UDP one datagram each (RFC 5426). CEF header
   fields escape ``\\`` and ``|``; extension values escape ``\\``, ``=`` and line breaks.
@@ -44,6 +46,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -377,14 +380,36 @@ def body_bytes(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def sign(secret: bytes, data: bytes) -> str:
-    """The ``X-Lanterne-Signature`` value of a body."""
-    return "sha256=" + hmac.new(secret, data, hashlib.sha256).hexdigest()
+#: How far a webhook's signed timestamp may be from the receiver's clock (``verify``).
+SIGNATURE_TOLERANCE: Final = 300.0
 
 
-def verify(secret: bytes, data: bytes, signature: str) -> bool:
-    """Whether ``signature`` is the body's (what a receiver runs; constant time)."""
-    return hmac.compare_digest(sign(secret, data), signature)
+def sign(secret: bytes, data: bytes, timestamp: int) -> str:
+    """The ``X-Lanterne-Signature`` value of a body sent at ``timestamp`` (epoch seconds)."""
+    signed = str(timestamp).encode("ascii") + b"." + data
+    return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+
+
+def verify(
+    secret: bytes,
+    data: bytes,
+    signature: str,
+    timestamp: str | int,
+    *,
+    now: float | None = None,
+    tolerance: float = SIGNATURE_TOLERANCE,
+) -> bool:
+    """What a receiver runs: the signature is the body's at that timestamp, and the timestamp fresh.
+
+    ``timestamp`` is the ``X-Lanterne-Timestamp`` header as received; constant-time comparison.
+    """
+    try:
+        moment = int(timestamp)
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - moment) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, data, moment), signature)
 
 
 class WebhookChannel(AlertChannel):
@@ -425,11 +450,12 @@ class WebhookChannel(AlertChannel):
             self._client = httpx.AsyncClient(
                 transport=self._transport, timeout=self.timeout, follow_redirects=False
             )
+        moment = int(self._clock().timestamp())
         headers = {
             "content-type": "application/json",
             "user-agent": f"lanterne/{lanterne_version()}",
-            "x-lanterne-signature": sign(self._secret, data),
-            "x-lanterne-timestamp": str(int(self._clock().timestamp())),
+            "x-lanterne-signature": sign(self._secret, data, moment),
+            "x-lanterne-timestamp": str(moment),
             "x-lanterne-event": message.kind,
             "idempotency-key": message.key,
         }

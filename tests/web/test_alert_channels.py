@@ -8,6 +8,8 @@ webhook's signature verifies. The delivery code runs on both SQLite and PostgreS
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import re
 import threading
@@ -316,12 +318,21 @@ def test_syslog_frame_is_rfc5424_with_a_cef_message() -> None:
 def test_signatures() -> None:
     data = body_bytes({"b": 1, "a": "é"})
     assert data == '{"a":"é","b":1}'.encode()
-    signature = sign(SECRET, data)
+    sent = 1_795_000_000
+    signature = sign(SECRET, data, sent)
     assert signature.startswith("sha256=")
     assert len(signature) == 7 + 64
-    assert verify(SECRET, data, signature)
-    assert not verify(b"another secret of 32 bytes......", data, signature)
-    assert not verify(SECRET, data + b" ", signature)
+    # The documented construction, as a receiver in another language would compute it.
+    expected = hmac.new(SECRET, b"1795000000." + data, hashlib.sha256).hexdigest()
+    assert signature == f"sha256={expected}"
+    assert verify(SECRET, data, signature, str(sent), now=sent + 10)
+    assert not verify(b"another secret of 32 bytes......", data, signature, sent, now=sent)
+    assert not verify(SECRET, data + b" ", signature, sent, now=sent)
+    # The timestamp is signed: moving it is a forgery, and an old request is a replay.
+    assert not verify(SECRET, data, signature, sent + 1, now=sent)
+    assert not verify(SECRET, data, signature, sent, now=sent + 301)
+    assert verify(SECRET, data, signature, sent, now=sent + 3600, tolerance=4000)
+    assert not verify(SECRET, data, signature, "not-a-number", now=sent)
 
 
 def test_channels_from_config() -> None:
@@ -408,7 +419,8 @@ async def test_webhook_retries_until_the_receiver_recovers(
     keys = [request.headers["idempotency-key"] for request in accepted]
     assert sorted(keys) == sorted(f"alert:{alert_id}:open" for alert_id in alert_ids(alerts_store))
     for request in http_receiver.requests:
-        assert verify(SECRET, request.body, request.headers["x-lanterne-signature"])
+        signature, sent = request.headers["x-lanterne-signature"], request.headers["x-lanterne-timestamp"]
+        assert verify(SECRET, request.body, signature, sent)
         assert request.headers["content-type"] == "application/json"
         assert request.headers["x-lanterne-timestamp"].isdigit()
         document = json.loads(request.body)
