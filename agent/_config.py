@@ -21,7 +21,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -170,6 +170,11 @@ class ProbeConfig:
     """The gate's policy (scope, deny list, passive-only subnets, rate, timeouts): set when enabled."""
     snmp_communities: tuple[str, ...] = field(default=(), repr=False)
     """Secret: give ``snmp_communities_env`` (comma-separated in the variable)."""
+    sweep: Any = field(default=None, repr=False)
+    """What each sweep does, as ``lanterne probe`` reads it (``agent._probing.ProbeConfig``, validated
+    when enabled): ``targets`` (default: the whole ``allow`` scope), ``interfaces``, the protocols
+    and their ports, SNMP ``snmp_credentials`` (v2c and v3, secrets by environment variable),
+    opt-in DICOM C-ECHO with its AE titles, ``max_hosts``..."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,8 +468,17 @@ def _logging(table: _Table) -> LoggingConfig:
     return result
 
 
+#: ``[probe]`` keys of the sweep itself, read by ``agent._probing.ProbeConfig.from_mapping``.
+SWEEP_KEYS: Final = (
+    "targets", "interfaces", "arp", "arp_timeout", "mdns", "mdns_listen", "snmp", "snmp_port",
+    "snmp_credentials", "http", "http_ports", "tls_ports", "llm_ports", "dicom", "dicom_ports",
+    "calling_ae", "called_ae", "liveness_ports", "max_hosts", "medical_categories",
+)  # fmt: skip
+
+
 def _probe(table: _Table) -> ProbeConfig:
     enabled = table.boolean("enabled", False)
+    sweep_keys = {key: table.get(key) for key in SWEEP_KEYS if table.has(key)}
     interval = table.number("interval_minutes", 1440.0, low=1.0, high=31 * 1440.0)
     communities = table.secret("snmp_communities")
     raw_interfaces = table.get("passive_interfaces") or []
@@ -492,11 +506,22 @@ def _probe(table: _Table) -> ProbeConfig:
     table.finish()
     if enabled and not policy.allow:
         raise table.error("allow", "active probing needs an explicit scope: list the networks it may probe")
+    sweep = None
+    if enabled:
+        from agent._probing import ProbeConfig as SweepConfig  # noqa: PLC0415 - only when probing
+        from agent._probing import ProbeConfigError  # noqa: PLC0415
+
+        try:
+            sweep = replace(SweepConfig.from_mapping(sweep_keys, environ=table.env), policy=policy)
+        except ProbeConfigError as exc:
+            message = str(exc).removeprefix("[probe]: ")  # the sweep's own wording, minus its table name
+            raise ConfigError(f"{table.path}: {message}") from None
     return ProbeConfig(
         enabled=enabled,
         interval_minutes=interval,
         policy=policy if enabled else None,
         snmp_communities=tuple(c.strip() for c in (communities or "").split(",") if c.strip()),
+        sweep=sweep,
     )
 
 

@@ -510,6 +510,9 @@ class _DaemonProbeSection(Protocol):
     @property
     def snmp_communities(self) -> tuple[str, ...]: ...
 
+    @property
+    def sweep(self) -> ProbeConfig | None: ...
+
 
 class _DaemonConfig(Protocol):
     """The daemon's configuration, as far as a sweep needs it."""
@@ -528,8 +531,16 @@ def sweep_config(config: ProbeConfig | _DaemonConfig) -> ProbeConfig:
     section = config.probe
     if section.policy is None:
         raise ProbeConfigError("[probe]: active probing is not enabled")
-    credentials = tuple(SnmpCredential("2c", community=Secret(value)) for value in section.snmp_communities)
-    return ProbeConfig(targets=section.policy.allow, policy=section.policy, snmp_credentials=credentials)
+    communities = tuple(SnmpCredential("2c", community=Secret(value)) for value in section.snmp_communities)
+    sweep = section.sweep
+    if sweep is None:
+        return ProbeConfig(targets=section.policy.allow, policy=section.policy, snmp_credentials=communities)
+    return replace(
+        sweep,
+        targets=sweep.targets or section.policy.allow,
+        policy=section.policy,
+        snmp_credentials=sweep.snmp_credentials + communities,
+    )
 
 
 # -- the sweep ------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent._config import (
+    SWEEP_KEYS,
     CaptureConfig,
     Config,
     ConfigError,
@@ -80,6 +81,7 @@ def test_the_example_documents_every_key() -> None:
     }
     expected |= {"allow", "deny", "passive_only", "passive_interfaces", "probe_medical", "rate", "burst"}
     expected |= {"concurrency", "timeout", "retries", "dry_run", "interval_minutes", "snmp_communities_env"}
+    expected |= set(SWEEP_KEYS)
     assert expected <= shown
     assert "[services.vlans]" in text
     assert "[services.subnets]" in text

@@ -300,6 +300,7 @@ def test_the_daemon_s_configuration_is_understood() -> None:
     class Section:
         policy: Any
         snmp_communities: tuple[str, ...]
+        sweep: Any = None
 
     @dataclass(frozen=True)
     class DaemonConfig:
@@ -437,3 +438,67 @@ def test_a_bug_on_one_host_does_not_end_the_sweep(
     assert any(entry.startswith(f"{WEB}:") for entry in http_asked)
     assert "probing a host failed unexpectedly" in caplog.text
     assert report.by_kind()["llm.server"] == 1
+
+
+def test_the_daemon_sweeps_what_its_probe_table_says(tmp_path: Path) -> None:
+    """Targets, SNMPv3 users, DICOM and ports in the daemon's ``[probe]``: what ``lanterne probe`` takes."""
+    from agent._config import ConfigError, parse_config
+
+    def probe_table(**keys: Any) -> Any:
+        document = {
+            "agent": "sensor-1",
+            "site": "lab",
+            "database": {"url": f"sqlite:///{tmp_path}/d.db"},
+            "probe": {"enabled": True, "allow": ["10.66.0.0/16"], "snmp_communities_env": "V2", **keys},
+        }
+        env = {
+            "V2": "public",
+            "V3_USER": "lanterne",
+            "V3_AUTH": "auth-key-123456",
+            "V3_PRIV": "priv-key-123456",
+        }
+        return parse_config(document, env=env, base=tmp_path)
+
+    config = probe_table(
+        targets=["10.66.1.0/24"],
+        snmp_credentials=[
+            {
+                "version": "3",
+                "user_env": "V3_USER",
+                "auth_protocol": "sha",
+                "auth_key_env": "V3_AUTH",
+                "priv_protocol": "aes",
+                "priv_key_env": "V3_PRIV",
+            }
+        ],
+        dicom=True,
+        calling_ae="LANTERNE_CHU",
+        http_ports=[80, 8080],
+        mdns=False,
+    )
+    converted = sweep_config(config)
+    assert [str(network) for network in converted.targets] == ["10.66.1.0/24"]
+    assert converted.policy is config.probe.policy  # the daemon's checked policy, not a second one
+    assert [c.version for c in converted.snmp_credentials] == ["3", "2c"]  # the table's first, then v2c
+    assert converted.snmp_credentials[0].user == Secret("lanterne")
+    assert (converted.dicom, converted.calling_ae, converted.http_ports, converted.mdns) == (
+        True,
+        "LANTERNE_CHU",
+        (80, 8080),
+        False,
+    )
+    assert "auth-key" not in repr(config)
+    assert "auth-key" not in repr(converted)
+    # Without sweep keys: the whole scope, the v2c communities, the defaults (as before).
+    plain = sweep_config(probe_table())
+    assert plain.targets == plain.policy.allow
+    assert [c.version for c in plain.snmp_credentials] == ["2c"]
+    assert not plain.dicom
+    # Mistakes are refused at load, with the table's name and never a secret.
+    with pytest.raises(ConfigError, match=r"probe.*SNMP credential 1: unknown keys password"):
+        probe_table(snmp_credentials=[{"version": "3", "password": "hunter2"}])
+    with pytest.raises(ConfigError, match=r"probe") as caught:
+        probe_table(snmp_credentials=[{"version": "3", "user_env": "NOT_SET_ANYWHERE"}])
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigError, match=r"probe"):
+        probe_table(http_ports=[0])
