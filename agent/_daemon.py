@@ -78,6 +78,10 @@ HOUSEKEEPING_SECONDS: Final = 5.0
 PG_CONNECT_TIMEOUT: Final = 10
 #: Seconds the shutdown waits for a running job before flushing anyway.
 SHUTDOWN_GRACE: Final = 60.0
+#: How often the long-running mDNS browser resolves its known instances again.
+MDNS_REFRESH_SECONDS: Final = 3600.0
+#: Probe-log lines kept while the database is away (the oldest go first, counted).
+MAX_PENDING_PROBE_RECORDS: Final = 10_000
 #: Endpoint ids per UPDATE of their service.
 _CHUNK: Final = 500
 
@@ -132,6 +136,7 @@ class RunReport:
     stored: FlushResult = field(default_factory=FlushResult)
     attributed: int = 0
     shed_observations: int = 0
+    probe_records_shed: int = 0
     spooled_batches: int = 0
     replayed_batches: int = 0
     kernel_drops: int = 0
@@ -179,6 +184,10 @@ class Daemon:
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._jobs: set[asyncio.Task[Any]] = set()
+        self.mdns: Any = None
+        """The long-running mDNS/DNS-SD browser (``[probe]`` enabled with ``mdns``), once started."""
+        self._probe_bucket: Any = None
+        self._probe_records: list[Any] = []
         self._scheduler: AsyncIOScheduler | None = None
         self._channels: list[Any] = []
 
@@ -320,6 +329,51 @@ class Daemon:
             )
             self.captures[iface] = capture
             self._spawn(capture.async_run(), name=f"capture {iface}")
+        if config.probe.enabled:
+            await self._async_start_mdns()
+
+    async def _async_start_mdns(self) -> None:
+        """Browse DNS-SD for as long as the daemon runs, on the ``[probe]`` scope's interfaces.
+
+        The browser's gate shares its packet budget with the scheduled sweeps (``_async_probe``),
+        so the configured rate holds for all of them together; its resolved instances go into the
+        current window like captured traffic; its probe-log lines are written at each flush.
+        """
+        from agent._probing import sweep_config, sweep_interfaces  # noqa: PLC0415 - only when probing
+        from collectors.probe import MdnsBrowser, SafetyGate  # noqa: PLC0415
+
+        sweep = sweep_config(self.config)
+        gate = SafetyGate(sweep.policy, record=self._probe_record)
+        self._probe_bucket = gate.bucket
+        if not sweep.mdns:
+            return
+        interfaces = await self._in_thread(sweep_interfaces, sweep)
+        browser = MdnsBrowser(
+            lambda observation: self.emit([observation]),
+            gate=gate,
+            interfaces=interfaces,
+            agent=self.config.agent,
+        )
+        try:
+            started = await browser.async_start()
+        except OSError as exc:
+            _LOGGER.warning("mDNS browsing could not start: %s", exc.strerror or exc)
+            return
+        if started:
+            self.mdns = browser
+            self._spawn(self._async_refresh_mdns(browser), name="mdns refresh")
+
+    async def _async_refresh_mdns(self, browser: Any) -> None:
+        """Resolve the known instances again now and then: devices still there stay current."""
+        while True:
+            await asyncio.sleep(MDNS_REFRESH_SECONDS)
+            browser.refresh()
+
+    def _probe_record(self, record: Any) -> None:
+        if len(self._probe_records) >= MAX_PENDING_PROBE_RECORDS:
+            del self._probe_records[0]  # the database has been away long: the oldest line goes
+            self.report.probe_records_shed += 1
+        self._probe_records.append(record)
 
     def _socket_opener(self, iface: str, program: Program | None) -> Opener:
         assert program is not None
@@ -395,6 +449,10 @@ class Daemon:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._jobs:
             await asyncio.wait(set(self._jobs), timeout=SHUTDOWN_GRACE)
+        if self.mdns is not None:
+            browser, self.mdns = self.mdns, None
+            with contextlib.suppress(Exception):  # its goodbye line is still written below
+                await browser.async_stop()
         try:
             if self._aggregator is not None:
                 await self.async_flush()
@@ -440,6 +498,10 @@ class Daemon:
             outcome = await self._in_thread(self._flush_blocking, batch_id, window)
             self.metrics.flush_seconds.observe(time.perf_counter() - started)
             self.database_up = outcome.database_up
+            if self._probe_records and outcome.database_up:
+                records, self._probe_records = self._probe_records, []
+                if not await self._in_thread(self._write_probe_log_blocking, records):
+                    self._probe_records[:0] = records  # kept for the next flush
             stored = outcome.stored
             self.report.stored.add(stored)
             if outcome.stored_batches:
@@ -456,6 +518,20 @@ class Daemon:
             for product, endpoints in stored.detections.items():
                 self.metrics.detections.labels(product).inc(len(endpoints))
             return outcome
+
+    def _write_probe_log_blocking(self, records: list[Any]) -> bool:
+        from agent._probing import write_probe_log  # noqa: PLC0415 - only when probing
+
+        store = self._open_store_blocking()
+        if store is None:
+            return False
+        try:
+            write_probe_log(store, self.config.agent, records)
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            return False
+        return True
 
     def _open_store_blocking(self) -> Store | None:
         if self.store is not None:
@@ -682,7 +758,13 @@ class Daemon:
             _QUIET.warning("active sweep postponed: the database is unreachable")
             return
         report = await async_sweep(
-            self.config, store, site=self.config.site, agent=self.config.agent, index=self.index
+            self.config,
+            store,
+            site=self.config.site,
+            agent=self.config.agent,
+            index=self.index,
+            bucket=self._probe_bucket,
+            mdns=self.mdns is None,  # the long-running browser covers mDNS already
         )
         _LOGGER.info(
             "active sweep: %d targets, %d alive, %d medical devices left alone, probes %s",

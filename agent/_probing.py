@@ -71,6 +71,7 @@ from collectors.probe import (
     Secret,
     SnmpClient,
     SnmpCredential,
+    TokenBucket,
     arp_observation,
     async_probe_snmp,
     async_tcp_alive,
@@ -560,6 +561,7 @@ class _Sweep:
         agent: str,
         on_record: Callable[[ProbeRecord], None] | None,
         progress: Progress | None,
+        bucket: TokenBucket | None = None,
     ) -> None:
         self.config = config
         self.index = index
@@ -569,7 +571,7 @@ class _Sweep:
         self.records: list[ProbeRecord] = []
         self._on_record = on_record
         self.progress = progress
-        self.gate = SafetyGate(config.policy, record=self._record, medical=medical)
+        self.gate = SafetyGate(config.policy, record=self._record, medical=medical, bucket=bucket)
         self.snmp: SnmpClient = clients.snmp or PysnmpClient()
         self.http = HttpProber(
             self.gate,
@@ -738,8 +740,14 @@ async def async_sweep(
     pseudonymiser: Callable[[str], str] | None = None,
     progress: Progress | None = None,
     on_record: Callable[[ProbeRecord], None] | None = None,
+    bucket: TokenBucket | None = None,
+    mdns: bool = True,
 ) -> SweepReport:
     """Run one sweep (module docstring); the store may be None (nothing stored, e.g. a dry run).
+
+    ``bucket``: the packet budget to draw from (the daemon shares one between its sweeps and its
+    long-running mDNS browser, so the configured rate holds for all of them together); ``mdns``
+    False: no browsing in this sweep (the daemon's own browser runs all along).
 
     ``config`` is a :class:`ProbeConfig`, or the daemon's configuration: then the sweep covers the
     whole ``[probe]`` scope with its SNMP communities, pseudonymised as the daemon is.
@@ -761,7 +769,15 @@ async def async_sweep(
             if key in known:
                 medical.mark(ip, known[key])
     sweep = _Sweep(
-        config, index, clients, medical, report, agent=agent, on_record=on_record, progress=progress
+        config,
+        index,
+        clients,
+        medical,
+        report,
+        agent=agent,
+        on_record=on_record,
+        progress=progress,
+        bucket=bucket,
     )
     gate = sweep.gate
     started = time.monotonic()
@@ -770,18 +786,14 @@ async def async_sweep(
         admitted = [ip for ip in targets if gate.admit(ip)]
         report.denied_hosts = gate.stats.denied_hosts
         report.medical_skipped.update({ip: reason for ip in targets if (reason := medical.reason(ip))})
-        finder = clients.interfaces or local_interfaces
-        interfaces = finder(config.interfaces)
-        relevant = [
-            iface for iface in interfaces if any(_overlaps(iface.network, net) for net in config.targets)
-        ]
+        relevant = sweep_interfaces(config, clients.interfaces)
         covered: set[str] = set()
         if config.arp:
             covered = await sweep.arp(relevant, admitted)
         # mDNS after ARP: the neighbours learnt our MAC from our requests, so their unicast answers
         # to our first (QU) queries need no ARP request to us, nor a reply from our kernel.
         started = time.monotonic()
-        if config.mdns and relevant:
+        if config.mdns and mdns and relevant:
             options: dict[str, Any] = {"agent": agent}
             if clients.zeroconf is not None:
                 options["zeroconf_factory"] = clients.zeroconf
@@ -826,6 +838,14 @@ async def async_sweep(
         )
     report.finished = datetime.now(UTC)
     return report
+
+
+def sweep_interfaces(
+    config: ProbeConfig, finder: Callable[[tuple[str, ...] | None], list[Interface]] | None = None
+) -> list[Interface]:
+    """The interfaces ARP and mDNS use: the configured (or every up IPv4) ones facing a target."""
+    interfaces = (finder or local_interfaces)(config.interfaces)
+    return [iface for iface in interfaces if any(_overlaps(iface.network, net) for net in config.targets)]
 
 
 def _stored_medical(store: Store, site: str, index: Index, categories: frozenset[str]) -> dict[str, str]:

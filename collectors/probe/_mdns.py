@@ -152,7 +152,8 @@ class MdnsBrowser:
         self._clock = clock
         self._zeroconf: Any = None
         self._browsers: dict[str, Any] = {}
-        self._resolved: set[tuple[str, str]] = set()
+        self._known: dict[tuple[str, str], tuple[str, str]] = {}
+        """(type, name) folded -> as announced: the instances resolved, refreshed by ``refresh``."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent = [0]
         self._bound: list[Interface] = []
@@ -205,20 +206,39 @@ class MdnsBrowser:
     def _on_change(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
         """Zeroconf's handler (called on the loop): a new type to browse, or an instance to resolve."""
         del zeroconf
-        if getattr(state_change, "name", "") == "Removed" or self._zeroconf is None:
+        if self._zeroconf is None:
+            return
+        key = (service_type.lower(), name.lower())
+        if getattr(state_change, "name", "") == "Removed":
+            self._known.pop(key, None)  # gone (goodbye packet): not refreshed; resolved again if back
             return
         if service_type == SERVICE_TYPE_ENUMERATION:
             found = name.lower()
             if found not in self._browsers and len(self._browsers) < MAX_TYPES and found.endswith(".local."):
                 self._browse(found)
             return
-        key = (service_type.lower(), name.lower())
-        if key in self._resolved or len(self._resolved) >= MAX_INSTANCES:
+        if key in self._known or len(self._known) >= MAX_INSTANCES:
             return
-        self._resolved.add(key)
+        self._known[key] = (service_type, name)
+        self._start_resolution(service_type, name)
+
+    def _start_resolution(self, service_type: str, name: str) -> None:
         task = asyncio.get_running_loop().create_task(self._resolve(service_type, name))
         self._tasks.add(task)  # a strong reference until it is done
         task.add_done_callback(self._tasks.discard)
+
+    def refresh(self) -> int:
+        """Resolve every known instance again (a long-running browser's devices stay current).
+
+        Zeroconf tells of an instance once, when it appears: a device that keeps announcing
+        itself would otherwise never be seen again. Returns how many resolutions started (each
+        query is charged to the gate's bucket like the first ones).
+        """
+        if self._zeroconf is None:
+            return 0
+        for service_type, name in list(self._known.values()):
+            self._start_resolution(service_type, name)
+        return len(self._known)
 
     async def _resolve(self, service_type: str, name: str) -> None:
         from zeroconf import IPVersion  # noqa: PLC0415 - see _charged_zeroconf_class

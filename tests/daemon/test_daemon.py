@@ -516,3 +516,71 @@ def test_the_probe_job_hands_the_sweep_its_scope(
     (call,) = calls
     assert call["config"].probe.policy.dry_run
     assert (call["site"], call["agent"]) == ("lab", "l5-test")
+
+
+def test_a_long_running_mdns_browser_feeds_the_window(tmp_path: Path, wire: Wire) -> None:
+    """``[probe]`` enabled: DNS-SD is browsed for as long as the daemon runs, on loopback here."""
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    from agent._config import parse_config
+    from store import Detection, ProbeLogEntry
+
+    probe = parse_config(
+        {
+            "database": {"url": "sqlite://"},
+            "probe": {
+                "enabled": True,
+                "allow": ["127.0.0.0/8"],
+                "interfaces": ["lo"],  # the only interface anything may be sent on in this test
+                "rate": 1000,
+                "burst": 100,
+            },
+        },
+        env={},
+    ).probe
+    config = _config(tmp_path, probe=probe)
+    harness = Harness(config, wire)
+    resolved: list[int] = []
+
+    async def scenario(daemon: Daemon) -> None:
+        browser = daemon.mdns
+        assert browser is not None, "the browser starts with the daemon"
+        # A device that appears while the daemon runs, long after it started browsing.
+        responder = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+        info = AsyncServiceInfo(
+            "_dicom._tcp.local.",
+            "PACS-LAB._dicom._tcp.local.",
+            addresses=[bytes([127, 0, 0, 1])],
+            port=11112,
+            properties={"aet": "PACS_LAB"},
+            server="pacs-lab.local.",
+        )
+        try:
+            await (await responder.async_register_service(info, cooperating_responders=True))
+            await _until(lambda: browser.instances >= 1, limit=20)
+            resolved.append(browser.instances)
+            assert browser.refresh() == 1  # what the hourly refresh does: the device is still there
+            await _until(lambda: browser.instances >= 2, limit=20)
+            resolved.append(browser.instances)
+            await daemon.async_flush()
+        finally:
+            await responder.async_unregister_all_services()
+            await responder.async_close()
+
+    harness.run(scenario)
+    assert resolved == [1, 2]
+    store = open_store(config.database_url)
+    try:
+        with store.session() as session:
+            services = session.scalars(
+                select(ObservationAggregate.value).where(ObservationAggregate.kind == "mdns.service")
+            ).all()
+            detections = session.scalars(select(Detection.product_id)).all()
+            log = session.scalars(select(ProbeLogEntry.detail).where(ProbeLogEntry.protocol == "mdns")).all()
+    finally:
+        store.dispose()
+    assert services == ["pacs-lab._dicom._tcp.local"]
+    assert "dicom-bonjour-node" in detections
+    assert any(line.endswith("started") for line in log), log
+    assert any("stopped" in line and "instances resolved" in line for line in log), log
