@@ -3,7 +3,9 @@
 Threads and their jobs:
 
 - **the event loop** reads every capture socket (``collectors._live``), decodes, attributes flows
-  and counts observations into the aggregator (``agent._aggregate``): no blocking call, ever;
+  and counts observations into the aggregator (``agent._window``): no blocking call, ever; with
+  ``[probe]`` enabled it also runs the long-running mDNS/DNS-SD browser, whose resolved
+  instances join the same window, and the scheduled sweeps (same packet budget);
 - **one database thread** (a single-worker executor) does every write: flushes, spool replays,
   reconciliation, retention purge. One thread means the jobs never write concurrently (and
   SQLite's single writer never waits for itself); APScheduler also keeps each job from
