@@ -6,7 +6,8 @@ Runs, in one process, on the 500,000-packet mixed capture of ``../shared/bench``
 - ``tshark -n -T fields -e dns.qry.name -e tls.handshake.extensions_server_name -e http.host``
   (the peer every figure is compared with, measured in the same run);
 - ``lanterne scan`` in a subprocess into a fresh SQLite file, then into a fresh PostgreSQL schema
-  (wall and CPU time of the child and its decoding process from ``wait4``, and the peak RSS);
+  (wall and CPU time of the child and its decoding process from ``wait4``, and the peak RSS of
+  both together, sampled);
   the SQLite scan again with ``--no-parallel`` (decoding in the scanning process), for comparison;
 - the same scan in-process without the start-up (catalogue load, imports), to show the pipeline;
 - raw aggregated upserts (``store.upsert_observations``, 1,000-row batches) into SQLite and
@@ -31,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -95,14 +97,55 @@ def best(runs: Sequence[Run]) -> Run:
     )
 
 
+def _tree_rss_kib(pid: int) -> int:
+    """Resident KiB of ``pid`` and its children (a scan's decoding process), from /proc (0 if gone)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as listing:
+            pids = [pid, *map(int, listing.read().split())]
+    except OSError:
+        return 0
+    for each in pids:
+        try:
+            with open(f"/proc/{each}/status", encoding="ascii") as status:
+                total += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
+        except OSError:
+            continue
+    return total
+
+
+class _TreeMemory(threading.Thread):
+    """Samples the summed RSS of a child and its own children every 10 ms; keeps the peak.
+
+    ``ru_maxrss`` gives the largest single process: a scan that decodes in a second process
+    uses both at once. The sum counts the pages they share twice, so it errs on the high side.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_kib = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.01):
+            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.pid))
+
+
 def child(
     argv: Sequence[str], *, stdout: int | None = subprocess.DEVNULL
 ) -> tuple[float, float, float, int, bytes]:
-    """Run a child; return its wall time, CPU time (user + system), peak RSS in MB, exit code, stdout."""
+    """Run a child; return its wall time, CPU time (user + system), peak RSS in MB, exit code, stdout.
+
+    The peak RSS is the larger of the kernel's (one process) and the sampled sum over the child
+    and its children (``_TreeMemory``).
+    """
     started = time.perf_counter()
     process = subprocess.Popen(
         argv, stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE
     )
+    memory = _TreeMemory(process.pid)
+    memory.start()
     output = b""
     if stdout is None:
         assert process.stdout is not None
@@ -110,13 +153,16 @@ def child(
     assert process.stderr is not None
     errors = process.stderr.read()
     # This child's rusage, its own reaped children (the decoding process) included; not every child's.
+    memory.done.set()
+    memory.join()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode not in (0, 1):
         sys.stderr.write(errors.decode(errors="replace"))
         raise SystemExit(f"{argv[0]} failed with {process.returncode}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, process.returncode, output
+    peak_mb = max(usage.ru_maxrss, memory.peak_kib) / 1024
+    return wall, usage.ru_utime + usage.ru_stime, peak_mb, process.returncode, output
 
 
 def lanterne() -> list[str]:
