@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 DEMO = Path(__file__).resolve().parents[2] / "agent" / "demo" / "hospital.pcap"
 #: Corpus captures with something for each part of the pipeline: DHCP identities, DNS over TCP,
-#: mDNS, IPv6 fragments, QUIC across Initials, TLS, LLMNR over TCP, HL7, SNMP, SSDP, HTTP.
+#: mDNS, IPv6 fragments, QUIC across Initials, TLS, LLMNR over TCP, HL7, SNMP, SSDP, HTTP, pcapng.
 CORPUS_NAMES = (
     "wireshark-dhcp.pcap",
     "dhcp__dhcp.pcap",
@@ -44,6 +44,8 @@ CORPUS_NAMES = (
     "snmp__snmpwalk-short.pcap",
     "sip-ssdp-pm__ssdp.pcap",
     "http__methods.pcap",
+    "quic_frags_ch_in_multiple_packets.pcapng",
+    "dhcp-fuzz.pcapng",
 )
 
 
