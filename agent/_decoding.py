@@ -184,7 +184,11 @@ def collector_paused() -> Iterator[None]:
 
 def parallel_available() -> bool:
     """Whether this machine can decode in a forked process beside the writer (fork, two cores)."""
-    return "fork" in multiprocessing.get_all_start_methods() and len(os.sched_getaffinity(0)) > 1
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux: the CPUs this process may use
+    cpus = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return cpus > 1
 
 
 def parallel_worth_it(path: Path) -> bool:
