@@ -1,8 +1,28 @@
-"""Test-wide guards: nothing in a unit test may put a packet on a network."""
+"""Test-wide guards (nothing in a unit test may put a packet on a network) and shared fixtures."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from sqlalchemy.orm import Session
+
+from fingerprints import Catalog, load_catalog
+from tests.agent.store_backends import session_on
+from tests.store.dburl import BACKENDS
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    """The shipped catalogue, loaded once."""
+    return load_catalog()
+
+
+@pytest.fixture(params=BACKENDS)
+def session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    """A session on an empty, migrated database: SQLite, then PostgreSQL."""
+    with session_on(request.param, tmp_path_factory) as session:
+        yield session
 
 
 @pytest.fixture(autouse=True)

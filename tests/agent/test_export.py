@@ -34,32 +34,15 @@ from agent._export import (
 )
 from agent._reconcile import reconcile
 from agent._review import decide
-from fingerprints import Catalog, load_catalog
-from tests.agent.store_backends import (
-    BACKENDS,
-    add_detection,
-    add_endpoint,
-    add_entry,
-    database_url,
-    session_on,
-)
+from fingerprints import Catalog
+from tests.agent.store_backends import add_detection, add_endpoint, add_entry, database_url
+from tests.store.dburl import BACKENDS
 
 SITE = "ch-test"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 RECENT = (NOW - timedelta(days=3), NOW - timedelta(days=1))
 #: What an attacker can put in an SNI or a host name, and what a careless person types.
 HOSTILE = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(1,2)", "\tx=1", "\rx=1"]
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
-
-
-@pytest.fixture(params=BACKENDS)
-def session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    with session_on(request.param, tmp_path_factory) as session:
-        yield session
 
 
 @pytest.fixture

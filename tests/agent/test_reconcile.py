@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from agent._reconcile import ReconcileConfig, compute, reconcile
-from fingerprints import Catalog, load_catalog
+from fingerprints import Catalog
 from store._models import Alert, AlertReason, ChangeLogEntry, Reconciliation, ReconciliationStatus
-from tests.agent.store_backends import BACKENDS, add_detection, add_endpoint, add_entry, session_on
+from tests.agent.store_backends import add_detection, add_endpoint, add_entry
 
 SITE = "ch-test"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 RECENT = (NOW - timedelta(days=3), NOW - timedelta(days=1))
 S = ReconciliationStatus
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
-
-
-@pytest.fixture(params=BACKENDS)
-def session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    with session_on(request.param, tmp_path_factory) as session:
-        yield session
 
 
 def statuses(session: Session, catalog: Catalog, **config: timedelta) -> dict[str, tuple[str, str | None]]:

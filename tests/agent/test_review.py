@@ -21,32 +21,15 @@ from agent._review import (
     open_alerts,
     review_history,
 )
-from fingerprints import Catalog, load_catalog
+from fingerprints import Catalog
 from store._models import Alert, AlertReason, AlertState, ChangeLogEntry, Endpoint, ReviewDecision
-from tests.agent.store_backends import (
-    BACKENDS,
-    add_detection,
-    add_endpoint,
-    add_entry,
-    database_url,
-    session_on,
-)
+from tests.agent.store_backends import add_detection, add_endpoint, add_entry, database_url
+from tests.store.dburl import BACKENDS
 
 SITE = "ch-test"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 D = ReviewDecision
 R = AlertReason
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
-
-
-@pytest.fixture(params=BACKENDS)
-def session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    with session_on(request.param, tmp_path_factory) as session:
-        yield session
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from fingerprints import Catalog, load_catalog
+from fingerprints import Catalog
 from store._inventory import (
     InventoryFileError,
     canonical_host,
@@ -22,22 +21,10 @@ from store._inventory import (
     read_inventory,
 )
 from store._models import ChangeLogEntry, InventoryEntry
-from tests.agent.store_backends import BACKENDS, session_on
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "inventory"
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 HEADER = "nom;éditeur;dmn;ia;domaines;adresses ip;adresses mac"
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
-
-
-@pytest.fixture(params=BACKENDS)
-def session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    with session_on(request.param, tmp_path_factory) as session:
-        yield session
 
 
 def write(tmp_path: Path, text: str, encoding: str = "utf-8", name: str = "inv.csv") -> Path:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from agent.cli import app
 from store import open_store
 from store._models import ChangeLogEntry, InventoryEntry, Reconciliation
-from tests.agent.store_backends import BACKENDS, database_url
+from tests.agent.store_backends import database_url
+from tests.store.dburl import BACKENDS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "inventory"
 runner = CliRunner()

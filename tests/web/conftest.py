@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from agent._reconcile import reconcile
 from agent._users import add_user
 from agent.web import WebSettings, create_app
-from fingerprints import Catalog, load_catalog
+from fingerprints import Catalog
 from store import Store, open_store
 from store._models import Endpoint, ObservationAggregate, ProbeLogEntry
 from tests.agent.store_backends import add_detection, add_endpoint, add_entry
@@ -62,12 +62,6 @@ class Fixture:
     evil_alert: int
     workstation: int
     monitor: int
-
-
-@pytest.fixture(scope="session")
-def catalog() -> Catalog:
-    """The catalogue, loaded once."""
-    return load_catalog()
 
 
 def _observe(store: Store, endpoint: Endpoint, kind: str, value: str, attrs: dict[str, object]) -> None:

@@ -44,7 +44,8 @@ from agent._review import decide
 from fingerprints import Catalog
 from store import Store, open_store
 from store._models import Alert, AlertDelivery, AlertReason, AlertState, DeliveryStatus
-from tests.agent.store_backends import BACKENDS, database_url
+from tests.agent.store_backends import database_url
+from tests.store.dburl import BACKENDS
 from tests.web.conftest import EVIL_VENDOR, NOW, SITE, SYSDESCR, populate
 
 pytestmark = pytest.mark.anyio
