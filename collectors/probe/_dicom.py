@@ -17,8 +17,6 @@ factory (unit tests pass a fake).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +33,7 @@ from collectors.probe._errors import (
     ProbeUnreachable,
 )
 from collectors.probe._gate import Probe, ProbeTicket, SafetyGate
+from collectors.probe._tcp import port_open
 
 SOURCE: Final = "probe.dicom"
 DEFAULT_DICOM_PORTS: Final = (104, 11112)
@@ -46,7 +45,6 @@ DEFAULT_CALLED_AE: Final = "ANY-SCP"
 ECHO_PACKETS: Final = 15
 #: Verification SOP Class (PS3.4 A.4).
 VERIFICATION: Final = "1.2.840.10008.1.1"
-_UNREACHABLE: Final = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
 def check_ae_title(title: str) -> str:
@@ -123,24 +121,6 @@ def _echo_blocking(
     raise ProbeTimeout("no answer to the A-ASSOCIATE request")
 
 
-async def _port_open(host: str, port: int, seconds: float) -> None:
-    """Check the port with a TCP connection closed at once; a ProbeError says why it is not open."""
-    try:
-        async with asyncio.timeout(seconds):
-            _reader, writer = await asyncio.open_connection(host, port)
-    except ConnectionRefusedError as exc:
-        raise ProbeRefused("connection refused (TCP reset)") from exc
-    except TimeoutError as exc:
-        raise ProbeTimeout("no answer to the TCP connection") from exc
-    except OSError as exc:
-        if exc.errno in _UNREACHABLE:
-            raise ProbeUnreachable("host unreachable") from exc
-        raise ProbeError("the TCP connection failed") from exc
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-
-
 def echo_observation(
     answer: EchoAnswer,
     host: str,
@@ -189,7 +169,7 @@ class DicomProber:
         self.ports = tuple(ports)
         self.agent = agent
         self._ae_factory = ae_factory or _default_ae
-        self._port_check = port_check or _port_open
+        self._port_check = port_check or port_open
         _quiet_pynetdicom()
 
     async def async_probe(

@@ -31,13 +31,13 @@ LIVENESS_PACKETS: Final = 5
 _UNREACHABLE: Final = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
 
 
-async def _connect(host: str, port: int, ticket: ProbeTicket) -> bool:
+async def port_open(host: str, port: int, seconds: float) -> None:
+    """Check the port with a TCP connection closed at once; a ProbeError says why it is not open."""
     try:
-        async with asyncio.timeout(ticket.timeout):
+        async with asyncio.timeout(seconds):
             _reader, writer = await asyncio.open_connection(host, port)
     except ConnectionRefusedError as exc:
-        ticket.refund(LIVENESS_PACKETS - 1)  # one SYN, answered by a reset
-        raise ProbeRefused("connection refused (TCP reset): the host is there") from exc
+        raise ProbeRefused("connection refused (TCP reset)") from exc
     except TimeoutError as exc:
         raise ProbeTimeout("no answer to the TCP connection") from exc
     except OSError as exc:
@@ -47,6 +47,14 @@ async def _connect(host: str, port: int, ticket: ProbeTicket) -> bool:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+async def _connect(host: str, port: int, ticket: ProbeTicket) -> bool:
+    try:
+        await port_open(host, port, ticket.timeout)
+    except ProbeRefused as exc:
+        ticket.refund(LIVENESS_PACKETS - 1)  # one SYN, answered by a reset
+        raise ProbeRefused("connection refused (TCP reset): the host is there") from exc.__cause__
     ticket.note("open")
     return True
 
