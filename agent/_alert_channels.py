@@ -58,6 +58,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from agent._export import lanterne_version
+from agent._review import alert_document
 from store import Store
 from store._inventory import as_utc
 from store._models import Alert, AlertDelivery, AlertReason, AlertState, DeliveryStatus
@@ -566,26 +567,10 @@ def channels_from_config(
 # -- the outbox -----------------------------------------------------------------------------------
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else as_utc(value).isoformat()
-
-
-def alert_document(alert: Alert) -> dict[str, Any]:
-    """What a message says about one alert."""
-    return {
-        "id": alert.id,
-        "site": alert.site,
-        "product_key": alert.product_key,
-        "reason": str(alert.reason),
-        "state": str(alert.state),
-        "severity": alert.severity,
-        "title": alert.title,
-        "first_raised": _iso(alert.first_raised),
-        "last_seen": _iso(alert.last_seen),
-        "occurrences": alert.occurrences,
-        "closed_at": _iso(alert.closed_at),
-        "summary": dict(alert.summary or {}),
-    }
+#: What a digest says of each of its alerts (a part of ``alert_document``).
+_DIGEST_FIELDS: Final = (
+    "id", "site", "product_key", "reason", "state", "severity", "title", "last_seen", "occurrences",
+)  # fmt: skip
 
 
 def _counts(values: Iterable[str]) -> dict[str, int]:
@@ -609,18 +594,7 @@ def _digest_body(alerts: Sequence[Alert], now: datetime) -> tuple[str, dict[str,
         "by_state": _counts(str(alert.state) for alert in alerts),
         "sites": sorted({alert.site for alert in alerts}),
         "alerts": [
-            {
-                "id": alert.id,
-                "site": alert.site,
-                "product_key": alert.product_key,
-                "reason": str(alert.reason),
-                "state": str(alert.state),
-                "severity": alert.severity,
-                "title": alert.title,
-                "last_seen": _iso(alert.last_seen),
-                "occurrences": alert.occurrences,
-            }
-            for alert in alerts
+            {field: document[field] for field in _DIGEST_FIELDS} for document in map(alert_document, alerts)
         ],
     }
     return key, body

@@ -140,6 +140,29 @@ def list_alerts(session: Session, site: str | None = None, *, include_closed: bo
 _SEVERITY_RANK: Final = {"high": 0, "medium": 1, "low": 2}
 
 
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC (None stays None): the JSON form of a stored time."""
+    return None if value is None else as_utc(value).isoformat()
+
+
+def alert_document(alert: Alert) -> dict[str, Any]:
+    """An alert as plain data: what ``lanterne alerts --json`` prints and alert messages carry."""
+    return {
+        "id": alert.id,
+        "site": alert.site,
+        "product_key": alert.product_key,
+        "reason": str(alert.reason),
+        "state": str(alert.state),
+        "severity": alert.severity,
+        "title": alert.title,
+        "first_raised": iso_utc(alert.first_raised),
+        "last_seen": iso_utc(alert.last_seen),
+        "occurrences": alert.occurrences,
+        "closed_at": iso_utc(alert.closed_at),
+        "summary": dict(alert.summary or {}),
+    }
+
+
 def _alert_order(alert: Alert) -> tuple[int, int, float, int]:
     closed = 0 if alert.state in _OPEN_STATES else 1
     return (closed, _SEVERITY_RANK.get(alert.severity, 3), -as_utc(alert.last_seen).timestamp(), alert.id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -18,9 +17,18 @@ from rich.table import Table
 
 from agent._cli_common import DEFAULT_SITE, DbOption, SiteOption, err, fatal, out
 from agent._reconcile import reconcile
-from agent._review import DECISIONS, ReviewError, ReviewPolicy, decide, list_alerts, review_history
+from agent._review import (
+    DECISIONS,
+    ReviewError,
+    ReviewPolicy,
+    alert_document,
+    decide,
+    iso_utc,
+    list_alerts,
+    review_history,
+)
 from agent.cli_inventory import JsonOption, now_utc, open_db
-from store._inventory import as_utc, parse_date
+from store._inventory import parse_date
 from store._models import Alert, Review
 
 alerts_app = typer.Typer(
@@ -37,27 +45,9 @@ review_app = typer.Typer(
 )
 
 
-def _when(value: datetime | None) -> str | None:
-    return None if value is None else as_utc(value).isoformat()
-
-
 def alert_dict(alert: Alert) -> dict[str, Any]:
     """The JSON form of an alert."""
-    return {
-        "id": alert.id,
-        "site": alert.site,
-        "product_key": alert.product_key,
-        "reason": str(alert.reason),
-        "state": str(alert.state),
-        "severity": alert.severity,
-        "title": alert.title,
-        "first_raised": _when(alert.first_raised),
-        "last_seen": _when(alert.last_seen),
-        "occurrences": alert.occurrences,
-        "closed_at": _when(alert.closed_at),
-        "closed_by_review": alert.closed_by_review,
-        "summary": alert.summary,
-    }
+    return {**alert_document(alert), "closed_by_review": alert.closed_by_review}
 
 
 def review_dict(review: Review) -> dict[str, Any]:
@@ -69,10 +59,10 @@ def review_dict(review: Review) -> dict[str, Any]:
         "decision": str(review.decision),
         "reason": review.reason,
         "conditions": review.conditions,
-        "expires_at": _when(review.expires_at),
+        "expires_at": iso_utc(review.expires_at),
         "decided_by": review.decided_by,
-        "decided_at": _when(review.decided_at),
-        "next_review_due": _when(review.next_review_due),
+        "decided_at": iso_utc(review.decided_at),
+        "next_review_due": iso_utc(review.next_review_due),
         "details": review.details,
     }
 
