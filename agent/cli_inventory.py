@@ -25,7 +25,7 @@ from agent._cli_common import DEFAULT_SITE, DbOption, SiteOption, default_db_url
 from agent._reconcile import ReconcileConfig, ReconcileResult, reconcile
 from fingerprints import CatalogError, load_catalog
 from store import Store, StoreError, open_store
-from store._inventory import InventoryFileError, import_inventory
+from store._inventory import InventoryFileError, entry_fields, import_inventory
 from store._models import InventoryEntry, ReconciliationStatus
 
 app = typer.Typer(
@@ -200,23 +200,11 @@ def _entries(session: Session, site: str, include_inactive: bool) -> list[Invent
 
 
 def _entry_dict(entry: InventoryEntry) -> dict[str, Any]:
+    declared = entry.declared_on
     return {
         "ref": entry.ref,
-        "name": entry.name,
-        "vendor": entry.vendor,
-        "category": entry.category,
-        "catalog_id": entry.catalog_id,
-        "service": entry.service,
-        "owner": entry.owner,
-        "is_dmn": entry.is_dmn,
-        "is_ai": entry.is_ai,
-        "hosts": list(entry.hosts or ()),
-        "ips": list(entry.ips or ()),
-        "macs": list(entry.macs or ()),
-        "ae_titles": list(entry.ae_titles or ()),
-        "deployment": entry.deployment,
-        "declared_on": None if entry.declared_on is None else entry.declared_on.isoformat(),
-        "details": dict(entry.details or {}),
+        **entry_fields(entry),
+        "declared_on": None if declared is None else declared.isoformat(),
         "active": entry.active,
     }
 

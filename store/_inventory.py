@@ -772,7 +772,8 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _current(entry: InventoryEntry) -> dict[str, Any]:
+def entry_fields(entry: InventoryEntry) -> dict[str, Any]:
+    """The declared fields of a stored entry (times aware, in UTC): what a re-import compares."""
     return {
         "name": entry.name,
         "vendor": entry.vendor,
@@ -826,7 +827,7 @@ def apply_inventory(
                 initial = {key: [None, value] for key, value in new.items() if value not in (None, [], {})}
                 _log(session, site, declared.ref, "imported", actor, now, initial)
             continue
-        old = _current(entry)
+        old = entry_fields(entry)
         changes = {key: [old[key], value] for key, value in new.items() if old[key] != value}
         if not entry.active:
             changes["active"] = [False, True]
