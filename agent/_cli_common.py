@@ -9,14 +9,20 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Final, NoReturn
 
 import typer
 from rich.console import Console
 
+if TYPE_CHECKING:
+    from agent._identity import Pseudonymiser
+
 #: Data (tables, JSON) goes to stdout; messages, progress and summaries to stderr.
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
+
+#: Where pseudonymous mode finds its key (the daemon's configuration reads the same variable).
+PSEUDONYM_KEY_ENV: Final = "LANTERNE_PSEUDONYM_KEY"
 
 EXIT_CLEAN: Final = 0
 EXIT_FINDINGS: Final = 1
@@ -66,3 +72,30 @@ DbOption = Annotated[
     ),
 ]
 DEFAULT_SITE: Final = "default"
+
+
+PseudonymousOption = Annotated[
+    bool,
+    typer.Option(
+        "--pseudonymous/--no-pseudonymous",
+        envvar="LANTERNE_PSEUDONYMOUS",
+        help=f"Store client MACs, addresses and names as keyed hashes (key in ${PSEUDONYM_KEY_ENV}).",
+    ),
+]
+
+
+def pseudonymiser_from_env(enabled: bool) -> Pseudonymiser | None:
+    """The pseudonymiser of ``--pseudonymous`` (its key from the environment), or exit with advice."""
+    from agent._identity import Pseudonymiser  # noqa: PLC0415 - the store comes with it: only when asked
+
+    if not enabled:
+        return None
+    key = os.environ.get(PSEUDONYM_KEY_ENV, "")
+    try:
+        return Pseudonymiser(key.encode("utf-8"))
+    except ValueError:
+        fatal(
+            f"pseudonymous mode needs a key of at least 16 bytes in ${PSEUDONYM_KEY_ENV}",
+            tip="generate one with: python -c 'import secrets; print(secrets.token_hex(32))', keep it secret "
+            "and stable (another key gives other pseudonyms)",
+        )

@@ -30,11 +30,13 @@ from agent._cli_common import (
     DEFAULT_SITE,
     AgentOption,
     DbOption,
+    PseudonymousOption,
     SiteOption,
     default_agent_name,
     default_db_url,
     err,
     fatal,
+    pseudonymiser_from_env,
 )
 from agent._probing import (
     MAX_HOSTS,
@@ -47,7 +49,6 @@ from agent._probing import (
 )
 
 # The same switch and key as ``lanterne scan``: a pseudonymous store must stay pseudonymous.
-from agent.cli_scan import PSEUDONYM_KEY_ENV, _pseudonymiser
 from collectors.probe import (
     DEFAULT_BURST,
     DEFAULT_CALLED_AE,
@@ -312,14 +313,7 @@ def probe(
     db: DbOption = None,
     site: SiteOption = DEFAULT_SITE,
     agent: AgentOption = None,
-    pseudonymous: Annotated[
-        bool,
-        typer.Option(
-            "--pseudonymous/--no-pseudonymous",
-            envvar="LANTERNE_PSEUDONYMOUS",
-            help=f"Store client MACs, addresses and names as keyed hashes (key in ${PSEUDONYM_KEY_ENV}).",
-        ),
-    ] = False,
+    pseudonymous: PseudonymousOption = False,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -382,7 +376,7 @@ def probe(
     except StoreError as exc:
         fatal(str(exc), tip="check --db / LANTERNE_DB (sqlite:///path.db or postgresql://user@host/db)")
     agent_name = agent or default_agent_name()
-    pseudonymiser = _pseudonymiser(pseudonymous)
+    pseudonymiser = pseudonymiser_from_env(pseudonymous)
 
     def print_record(record: ProbeRecord) -> None:
         if dry_run:

@@ -10,7 +10,6 @@ Exit codes: 0 clean; 1 with ``--fail-on-findings`` when undeclared or unknown to
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -37,11 +36,13 @@ from agent._cli_common import (
     EXIT_USAGE,
     AgentOption,
     DbOption,
+    PseudonymousOption,
     SiteOption,
     default_agent_name,
     default_db_url,
     err,
     fatal,
+    pseudonymiser_from_env,
 )
 from agent._decoding import FLUSH_AT, DecoderDied, DecodeWorker, use_worker
 from collectors import CaptureFormatError
@@ -50,30 +51,12 @@ from fingerprints import CatalogError, Index, default_index
 # The store, SQLAlchemy and the pipeline are imported inside ``scan``, once the first file's
 # decoding process is forked: their start-up then runs beside its decoding (``agent._decoding``).
 if TYPE_CHECKING:
-    from agent._identity import Pseudonymiser
     from agent._pipeline import ScanReport
 
 #: Files at least this large get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_BYTES: Final = 16 << 20
 #: Statuses that ``--fail-on-findings`` fails on: shadow IT and unnamed AI or medical devices.
 FINDINGS: Final = frozenset({"undeclared_observed", "unknown_observed"})
-PSEUDONYM_KEY_ENV: Final = "LANTERNE_PSEUDONYM_KEY"
-
-
-def _pseudonymiser(enabled: bool) -> Pseudonymiser | None:
-    from agent._identity import Pseudonymiser  # noqa: PLC0415 - see the imports
-
-    if not enabled:
-        return None
-    key = os.environ.get(PSEUDONYM_KEY_ENV, "")
-    try:
-        return Pseudonymiser(key.encode("utf-8"))
-    except ValueError:
-        fatal(
-            f"pseudonymous mode needs a key of at least 16 bytes in ${PSEUDONYM_KEY_ENV}",
-            tip="generate one with: python -c 'import secrets; print(secrets.token_hex(32))', keep it secret "
-            "and stable (another key gives other pseudonyms)",
-        )
 
 
 @contextmanager
@@ -121,14 +104,7 @@ def scan(
             help="Exit 1 when undeclared or unknown tools are found at the site.",
         ),
     ] = False,
-    pseudonymous: Annotated[
-        bool,
-        typer.Option(
-            "--pseudonymous/--no-pseudonymous",
-            envvar="LANTERNE_PSEUDONYMOUS",
-            help=f"Store client MACs, addresses and names as keyed hashes (key in ${PSEUDONYM_KEY_ENV}).",
-        ),
-    ] = False,
+    pseudonymous: PseudonymousOption = False,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -257,7 +233,7 @@ def _scan_files(
     from agent._pipeline import FileScan, Scanner, ScanReport  # noqa: PLC0415 - see the imports
     from store import StoreError, open_store  # noqa: PLC0415
 
-    pseudonymiser = _pseudonymiser(pseudonymous)
+    pseudonymiser = pseudonymiser_from_env(pseudonymous)
     try:
         store = open_store(db or default_db_url())
     except StoreError as exc:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from agent._cli_common import DbOption, err, fatal, out
 from agent._users import (
@@ -137,6 +140,17 @@ def serve(
         )
 
 
+@contextmanager
+def _users_session(db: str | None) -> Iterator[Session]:
+    """A write transaction on the users; a refused change (``UserError``) is the command's error."""
+    with open_db(db) as store:
+        try:
+            with store.write() as session:
+                yield session
+        except UserError as exc:
+            fatal(str(exc))
+
+
 @users_app.command("add")
 def users_add(
     name: Annotated[str, typer.Argument(help="The person's name (recorded as the author of decisions).")],
@@ -146,12 +160,8 @@ def users_add(
     db: DbOption = None,
 ) -> None:
     """Create a user and print their first token (once: it is not stored)."""
-    with open_db(db) as store:
-        try:
-            with store.write() as session:
-                user, token = add_user(session, name, role, now_utc())
-        except UserError as exc:
-            fatal(str(exc))
+    with _users_session(db) as session:
+        user, token = add_user(session, name, role, now_utc())
     out.print(token, markup=False, highlight=False)
     err.print(f"user {escape(user.name)} ({user.role}) created; the token above is shown once: keep it safe")
 
@@ -162,12 +172,8 @@ def users_token(
     db: DbOption = None,
 ) -> None:
     """Issue another token for a user and print it (once)."""
-    with open_db(db) as store:
-        try:
-            with store.write() as session:
-                token = issue_token(session, get_user(session, name), now_utc())
-        except UserError as exc:
-            fatal(str(exc))
+    with _users_session(db) as session:
+        token = issue_token(session, get_user(session, name), now_utc())
     out.print(token, markup=False, highlight=False)
     err.print("the token above is shown once: keep it safe")
 
@@ -178,12 +184,8 @@ def users_revoke(
     db: DbOption = None,
 ) -> None:
     """Revoke every token of a user (their browser sessions end too)."""
-    with open_db(db) as store:
-        try:
-            with store.write() as session:
-                count = revoke_tokens(session, get_user(session, name), now_utc())
-        except UserError as exc:
-            fatal(str(exc))
+    with _users_session(db) as session:
+        count = revoke_tokens(session, get_user(session, name), now_utc())
     err.print(f"{count} token(s) revoked")
 
 
@@ -193,12 +195,8 @@ def users_disable(
     db: DbOption = None,
 ) -> None:
     """Disable a user: no token of theirs works any more (their decisions keep their name)."""
-    with open_db(db) as store:
-        try:
-            with store.write() as session:
-                disable_user(session, get_user(session, name), now_utc())
-        except UserError as exc:
-            fatal(str(exc))
+    with _users_session(db) as session:
+        disable_user(session, get_user(session, name), now_utc())
     err.print(f"user {escape(name)} disabled")
 
 
