@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from starlette.responses import Response
+
 from agent._export import FORMATS, cartographie, export_meta
 from agent._reconcile import ReconcileConfig, reconcile
 from agent._review import ReviewError, ReviewPolicy, decide
@@ -45,6 +47,14 @@ class Export:
     data: bytes
     media_type: str
     filename: str
+
+    def response(self) -> Response:
+        """The download: the file as an attachment under its name."""
+        return Response(
+            self.data,
+            media_type=self.media_type,
+            headers={"content-disposition": f'attachment; filename="{self.filename}"'},
+        )
 
 
 def record_decision(

@@ -39,9 +39,8 @@ from agent.web._schemas import (
     UserIn,
     UserOut,
 )
-from agent.web._security import ApiAdmin, ApiReviewer, ApiViewer, get_settings, get_store
+from agent.web._security import ApiAdmin, ApiReviewer, ApiViewer, get_catalog, get_settings, get_store
 from agent.web._settings import DEFAULT_PAGE, MAX_PAGE
-from fingerprints import Catalog
 from store._models import AlertReason, DeliveryStatus, Detection, ReconciliationStatus, ReviewDecision
 
 router = APIRouter(prefix="/api/v1")
@@ -59,11 +58,6 @@ ProductKey = Annotated[
 ]
 Text = Annotated[str | None, Query(min_length=1, max_length=200, pattern=SINGLE_LINE)]
 RowId = Annotated[int, Path(ge=1, le=2**53)]
-
-
-def _catalog(request: Request) -> Catalog:
-    catalog: Catalog = request.app.state.catalog()
-    return catalog
 
 
 @router.get("/me", response_model=Me, tags=["session"])
@@ -98,14 +92,14 @@ def list_alerts(
     """The alert queue: most severe and most recent first."""
     filters = views.AlertFilters(site, state, severity, reason, category, scope, q)
     with get_store(request).session() as session:
-        return views.alerts_page(session, _catalog(request), filters, limit, offset)
+        return views.alerts_page(session, get_catalog(request), filters, limit, offset)
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertDetail, tags=["alerts"])
 def get_alert(request: Request, _: ApiViewer, alert_id: RowId) -> AlertDetail:
     """An alert with its product's evidence, alerts and decisions."""
     with get_store(request).session() as session:
-        detail = views.alert_detail(session, _catalog(request), get_settings(request), alert_id)
+        detail = views.alert_detail(session, get_catalog(request), get_settings(request), alert_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
     return detail
@@ -122,7 +116,7 @@ def list_products(
 ) -> list[CartographieRow]:
     """The reconciled inventory of a site (the cartographie): every product with both statuses."""
     with get_store(request).session() as session:
-        rows = views.product_rows(session, _catalog(request), get_settings(request), site)
+        rows = views.product_rows(session, get_catalog(request), get_settings(request), site)
     return [
         row
         for row in rows
@@ -136,7 +130,7 @@ def list_products(
 def get_product(request: Request, _: ApiViewer, site: RequiredSite, product_key: ProductKey) -> ProductDetail:
     """A product of a site: its row, evidence (detections and endpoints), alerts and decisions."""
     with get_store(request).session() as session:
-        detail = views.product_detail(session, _catalog(request), get_settings(request), site, product_key)
+        detail = views.product_detail(session, get_catalog(request), get_settings(request), site, product_key)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product {product_key!r} at site {site!r}")
     return detail
@@ -226,7 +220,7 @@ def create_decision(request: Request, principal: ApiReviewer, body: DecisionIn) 
         return record_decision(
             get_store(request),
             get_settings(request),
-            _catalog(request),
+            get_catalog(request),
             principal,
             decision=body.decision,
             reason=body.reason,
@@ -252,12 +246,9 @@ def download_export(
     request: Request, _: ApiViewer, export_format: ExportFormat, site: RequiredSite
 ) -> Response:
     """The cartographie of a site as CSV, XLSX, JSON, CycloneDX or HTML (the CLI's writers)."""
-    export = export_file(get_store(request), get_settings(request), _catalog(request), site, export_format)
-    return Response(
-        export.data,
-        media_type=export.media_type,
-        headers={"content-disposition": f'attachment; filename="{export.filename}"'},
-    )
+    return export_file(
+        get_store(request), get_settings(request), get_catalog(request), site, export_format
+    ).response()
 
 
 @router.get("/probes", response_model=Page[ProbeOut], tags=["evidence"])

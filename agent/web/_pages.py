@@ -43,6 +43,7 @@ from agent.web._security import (
     PageViewer,
     check_csrf,
     clear_cookie,
+    get_catalog,
     get_settings,
     get_store,
     new_login_nonce,
@@ -51,7 +52,6 @@ from agent.web._security import (
     set_cookie,
 )
 from agent.web._settings import DEFAULT_PAGE, MAX_PAGE
-from fingerprints import Catalog
 from fingerprints._vocabulary import Category
 from store._inventory import parse_date
 from store._models import AlertReason, DeliveryStatus, ReconciliationStatus, ReviewDecision, UserRole
@@ -137,11 +137,6 @@ def error_page(request: Request, status_code: int, message: str) -> HTMLResponse
     return _render(
         request, "error.html.j2", {"user": None, "status_code": status_code, "message": message}, status_code
     )
-
-
-def _catalog(request: Request) -> Catalog:
-    catalog: Catalog = request.app.state.catalog()
-    return catalog
 
 
 def _base(user: PageUser) -> dict[str, Any]:
@@ -252,7 +247,7 @@ def alerts(
         site or None, state, severity or None, reason or None, category or None, scope or None, q or None
     )
     with get_store(request).session() as session:
-        page = views.alerts_page(session, _catalog(request), filters, limit, offset)
+        page = views.alerts_page(session, get_catalog(request), filters, limit, offset)
     params = {
         "site": filters.site,
         "state": state,
@@ -296,7 +291,7 @@ def _alert_response(
     status_code: int = 200,
 ) -> Response:
     with get_store(request).session() as session:
-        detail = views.alert_detail(session, _catalog(request), get_settings(request), alert_id)
+        detail = views.alert_detail(session, get_catalog(request), get_settings(request), alert_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no alert {alert_id}")
     context = {
@@ -334,7 +329,7 @@ def _product_response(
     status_code: int = 200,
 ) -> Response:
     with get_store(request).session() as session:
-        detail = views.product_detail(session, _catalog(request), get_settings(request), site, key)
+        detail = views.product_detail(session, get_catalog(request), get_settings(request), site, key)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such product at this site")
     context = {
@@ -403,7 +398,7 @@ def decide_form(
         review = record_decision(
             get_store(request),
             get_settings(request),
-            _catalog(request),
+            get_catalog(request),
             user.principal,
             decision=decision or "",
             reason=reason or "",
@@ -442,7 +437,7 @@ def inventory(
     entries: Any = None
     with get_store(request).session() as session:
         if chosen:
-            rows = views.product_rows(session, _catalog(request), get_settings(request), chosen)
+            rows = views.product_rows(session, get_catalog(request), get_settings(request), chosen)
             entries = views.inventory_page(session, chosen, None, MAX_PAGE, 0)
     rows = [
         row
@@ -509,12 +504,9 @@ def export_download(
     export_format: Annotated[Literal["csv", "xlsx", "json", "cyclonedx", "html"], Query(alias="format")],
 ) -> Response:
     """Download the cartographie of a site (the export's own writers)."""
-    export = export_file(get_store(request), get_settings(request), _catalog(request), site, export_format)
-    return Response(
-        export.data,
-        media_type=export.media_type,
-        headers={"content-disposition": f'attachment; filename="{export.filename}"'},
-    )
+    return export_file(
+        get_store(request), get_settings(request), get_catalog(request), site, export_format
+    ).response()
 
 
 @router.get("/probes")

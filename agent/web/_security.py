@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent._users import BrowserSession, Principal, authenticate, find_session, touch
 from agent.web._settings import WebSettings
+from fingerprints import Catalog
 from store import Store
 from store._models import UserRole
 
@@ -117,6 +118,12 @@ def get_settings(request: Request) -> WebSettings:
     """The app's settings."""
     settings: WebSettings = request.app.state.settings
     return settings
+
+
+def get_catalog(request: Request) -> Catalog:
+    """The catalogue the app reconciles with (loaded on first use)."""
+    catalog: Catalog = request.app.state.catalog()
+    return catalog
 
 
 def _touch_later(store: Store, principal: Principal, settings: WebSettings, tasks: BackgroundTasks) -> None:

@@ -393,6 +393,23 @@ def inventory_page(
     )
 
 
+def _log_rows(
+    session: Session,
+    model: type[ProbeLogEntry] | type[ChangeLogEntry],
+    filters: dict[str, str | None],
+    limit: int,
+    offset: int,
+) -> tuple[list[Any], int]:
+    """A page of a log table, most recent first, filtered on equal columns (None or empty: all); the total."""
+    query = select(model)
+    for column, value in filters.items():
+        if value:
+            query = query.where(getattr(model, column) == value)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(model.ts.desc(), model.id.desc()).limit(limit).offset(offset))
+    return list(rows), total
+
+
 def probes_page(
     session: Session,
     target: str | None,
@@ -402,40 +419,20 @@ def probes_page(
     offset: int,
 ) -> Page[ProbeOut]:
     """The probe log, most recent first."""
-    query = select(ProbeLogEntry)
-    if target:
-        query = query.where(ProbeLogEntry.target == target)
-    if protocol:
-        query = query.where(ProbeLogEntry.protocol == protocol)
-    if outcome:
-        query = query.where(ProbeLogEntry.outcome == outcome)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(ProbeLogEntry.ts.desc(), ProbeLogEntry.id.desc()).limit(limit).offset(offset)
-    )
-    return Page[ProbeOut](
-        items=[ProbeOut.model_validate(row) for row in rows], total=total, limit=limit, offset=offset
-    )
+    filters = {"target": target, "protocol": protocol, "outcome": outcome}
+    rows, total = _log_rows(session, ProbeLogEntry, filters, limit, offset)
+    items = [ProbeOut.model_validate(row) for row in rows]
+    return Page[ProbeOut](items=items, total=total, limit=limit, offset=offset)
 
 
 def changes_page(
     session: Session, site: str | None, action: str | None, actor: str | None, limit: int, offset: int
 ) -> Page[ChangeOut]:
     """The change log, most recent first."""
-    query = select(ChangeLogEntry)
-    if site:
-        query = query.where(ChangeLogEntry.site == site)
-    if action:
-        query = query.where(ChangeLogEntry.action == action)
-    if actor:
-        query = query.where(ChangeLogEntry.actor == actor)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(ChangeLogEntry.ts.desc(), ChangeLogEntry.id.desc()).limit(limit).offset(offset)
-    )
-    return Page[ChangeOut](
-        items=[ChangeOut.model_validate(row) for row in rows], total=total, limit=limit, offset=offset
-    )
+    filters = {"site": site, "action": action, "actor": actor}
+    rows, total = _log_rows(session, ChangeLogEntry, filters, limit, offset)
+    items = [ChangeOut.model_validate(row) for row in rows]
+    return Page[ChangeOut](items=items, total=total, limit=limit, offset=offset)
 
 
 def users(session: Session) -> list[UserOut]:
