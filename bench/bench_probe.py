@@ -24,7 +24,6 @@ identified. Needs root, snmpd, tcpdump and nmap (``scripts/setup`` installs them
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -39,11 +38,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cryptography import x509  # noqa: E402 - after the path set-up for the lab helpers
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
+from tests.probe.helpers import self_signed_certificate  # noqa: E402
 from tests.probe.lab import PYTHON, Host, Lab, missing_requirements  # noqa: E402
 
 COMMUNITY = "bench-community-51"
@@ -81,38 +78,15 @@ TLS_WEB = frozenset({0, 1, 2})  # also HTTPS on 443
 ALT_WEB = frozenset({3, 4, 5})  # on 8080 instead of 80
 
 
-def certificate(folder: Path) -> tuple[Path, Path]:
-    """One self-signed certificate for the HTTPS servers."""
-    # RSA, as most devices serve (and what nmap's service detection handshakes with surely).
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.lab.example")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 def build(lab: Lab) -> tuple[Host, dict[str, str]]:
     """The prober and thirty responders; returns the prober and each responder's role."""
     lab.bridge("a")
     prober = lab.host("prb", "l6pa", "10.66.0.1")
     roles: dict[str, str] = {}
-    cert, key = certificate(lab.folder)
+    # RSA, as most devices serve (and what nmap's service detection handshakes with surely).
+    cert, key, _der = self_signed_certificate(
+        lab.folder, [(NameOID.COMMON_NAME, "bench.lab.example")], rsa_key=True, serial=1
+    )
     for number, descr in enumerate(SNMP_AGENTS):
         host = lab.host(f"s{number}", "l6pa", f"10.66.0.{10 + number}")
         lab.snmpd(host, f"rocommunity {COMMUNITY} 10.66.0.0/24\nsysDescr {descr}\nsysName agent-{number}\n")

@@ -1,10 +1,17 @@
-"""Shared helpers of the probe tests: a virtual clock, a gate that keeps its records."""
+"""Shared helpers of the probe tests: a virtual clock, a gate that keeps its records, certificates."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ObjectIdentifier
 
 from collectors.probe import Outcome, ProbePolicy, ProbeRecord, SafetyGate, TokenBucket
 
@@ -56,3 +63,46 @@ def outcomes(records: Iterable[ProbeRecord]) -> list[str]:
 
 
 __all__ = ["Outcome", "VirtualClock", "gate", "outcomes", "policy"]
+
+
+def self_signed_certificate(
+    folder: Path,
+    subject: Sequence[tuple[ObjectIdentifier, str]],
+    *,
+    rsa_key: bool = False,
+    serial: int | None = None,
+    days: int = 30,
+    alt_names: Sequence[x509.GeneralName] = (),
+    stem: str = "",
+) -> tuple[Path, Path, bytes]:
+    """A self-signed certificate like a device's: PEM files ``<stem>cert.pem``/``<stem>key.pem``, and DER.
+
+    EC P-256 unless ``rsa_key`` (RSA 2048, what most devices serve and every scanner handshakes with).
+    """
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if rsa_key
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in subject])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number() if serial is None else serial)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+    if alt_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(alt_names)), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    cert_path, key_path = folder / f"{stem}cert.pem", folder / f"{stem}key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path, cert.public_bytes(serialization.Encoding.DER)

@@ -7,8 +7,8 @@ that does not speak HTTP) for what a mock cannot show.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
+import ipaddress
 import json
 import ssl
 from collections.abc import Callable, Iterator
@@ -17,8 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,7 +41,7 @@ from collectors.probe import (
     product_of_owners,
 )
 from fingerprints import Index, default_index
-from tests.probe.helpers import gate, outcomes
+from tests.probe.helpers import gate, outcomes, self_signed_certificate
 
 HOST = "127.0.0.20"
 ICON = b"\x00\x00\x01\x00\x01\x00\x10\x10" + bytes(range(256)) * 4
@@ -379,42 +377,16 @@ def test_dry_run_lists_every_request_it_may_send() -> None:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes]:
     """A self-signed certificate like a device's, as PEM files (cert, key) and DER."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
+    return self_signed_certificate(
+        tmp_path_factory.mktemp("tls"),
         [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Lab Devices"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "pump-fleet.lab"),
-        ]
+            (NameOID.COUNTRY_NAME, "FR"),
+            (NameOID.ORGANIZATION_NAME, "Lab Devices"),
+            (NameOID.COMMON_NAME, "pump-fleet.lab"),
+        ],
+        serial=7,
+        alt_names=[x509.DNSName("pump-fleet.lab"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(7)
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("pump-fleet.lab"),
-                    x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return folder / "cert.pem", folder / "key.pem", cert.public_bytes(serialization.Encoding.DER)
 
 
 @pytest.fixture

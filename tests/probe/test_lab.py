@@ -19,7 +19,6 @@ second. The tests then read the store, the CLI's summary and the captures.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import ipaddress
 import json
@@ -32,9 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from scapy.layers.inet import IP
 from scapy.layers.l2 import ARP, Ether
@@ -47,6 +43,7 @@ from fingerprints import default_index
 from store import Detection, EndpointAlias, ObservationAggregate, ProbeLogEntry, open_store
 from store import Endpoint as EndpointRow
 from tests.peers import system_command
+from tests.probe.helpers import self_signed_certificate
 from tests.probe.lab import PYTHON, REPO, Host, Lab, missing_requirements
 from tests.probe.lab_peers import FAVICON
 
@@ -75,36 +72,6 @@ class LabRun:
     stderr: str
     seconds: float
     captures: dict[str, Path]
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A device-like self-signed certificate (cert, key) for the lab's HTTPS server."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Lab Imaging"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "viewer.lab.example"),
-        ]
-    )
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "web-cert.pem", folder / "web-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 def build(lab: Lab) -> dict[str, Host]:
@@ -136,7 +103,12 @@ def build(lab: Lab) -> dict[str, Host]:
         f'createUser labv3 SHA "{AUTH_KEY}" AES "{PRIV_KEY}"\nrouser labv3 priv\n'
         f"sysDescr {CISCO_DESCR}\nsysObjectID .1.3.6.1.4.1.9.1.1208\nsysName sw-core-2\n{system}",
     )
-    cert, key = self_signed(lab.folder)
+    cert, key, _der = self_signed_certificate(
+        lab.folder,
+        [(NameOID.ORGANIZATION_NAME, "Lab Imaging"), (NameOID.COMMON_NAME, "viewer.lab.example")],
+        days=365,
+        stem="web-",
+    )
     web = ["--port", "80", "--server", "Apache/2.4.57 (Debian)", "--title", "Lab Viewer"]
     lab.peer(hosts["web"], "web", *web, "--tls-cert", str(cert), "--tls-key", str(key))
     lab.peer(hosts["llm"], "ollama", "--port", "11434")
