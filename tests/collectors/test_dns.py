@@ -297,15 +297,15 @@ def test_blank_name_is_not_observed() -> None:
 def test_truncated_answer_keeps_the_complete_ones() -> None:
     full = a_response(
         "www.example.com",
-        rr(PTR_QNAME, 1, bytes([1, 1, 1, 1])),
-        rr(PTR_QNAME, 1, bytes([2, 2, 2, 2])),
+        rr(PTR_QNAME, 1, bytes([192, 0, 2, 1])),  # documentation addresses (RFC 5737), data only
+        rr(PTR_QNAME, 1, bytes([192, 0, 2, 2])),
     )
     cut = full[:-3]
     msg = dns.parse(cut)
     assert msg.partial is True
-    assert [record.data for record in msg.answers] == ["1.1.1.1"]
+    assert [record.data for record in msg.answers] == ["192.0.2.1"]
     (obs,) = dns.observe(cut, CTX, "dns")
-    assert obs.attrs["addresses"] == ("1.1.1.1",)
+    assert obs.attrs["addresses"] == ("192.0.2.1",)
 
 
 def test_second_question_broken_keeps_the_first() -> None:
