@@ -1,26 +1,29 @@
-"""Reading one capture for a scan: decoded and aggregated here, or in a forked process beside it.
+"""Reading one capture for a scan: decoded here, or in a forked process beside the writer.
 
-A scan is two jobs: decoding and matching (the file, packet by packet) and writing (windows of
-aggregated keys, into one transaction). They meet only at the window, so on a machine with two
-cores they can run side by side: ``DecodeWorker`` forks a child that reads the file, hashes it,
-decodes, matches and aggregates, and sends each window, pickled, through a pipe. The windows are
-exactly those the scan makes in one process (``flush_at`` keys, then the rest), so the stored
-result is the same (``tests/agent/test_parallel_scan.py``); a window costs its identity
-resolution whatever its size, so windows are not made smaller to overlap more.
+A scan is three jobs: decoding (the file, packet by packet, into Observations), aggregating and
+matching them (windows of distinct keys), and writing the windows into one transaction. On a
+machine with two cores ``DecodeWorker`` forks a child that reads the file, hashes it and
+decodes it, and sends the Observations in batches through a pipe; this process aggregates them
+into windows while the child decodes on. The batches, hence the windows, are exactly those of
+the scan that decodes in its own process (``flush_at`` keys, then the rest), so the stored
+result is the same (``tests/agent/test_parallel_scan.py``). The child sends Observations rather
+than windows because a file's last window can only be written once the whole file is decoded:
+aggregating it here, as the batches arrive, leaves nothing but the write after the decoding.
+(A window costs its identity resolution whatever its size, so windows are not made smaller.)
 
-What runs beside the decoding is the rest of the scan's work:
+What else runs beside the decoding:
 
 - for the first file, the writer's start-up: the child is forked, never spawned, so it inherits
-  the imported decoder and the loaded catalogue and starts at once; it needs neither SQLAlchemy
-  nor the database, and this module imports nothing that does (``agent._window``,
-  ``collectors``, ``fingerprints``), so ``lanterne scan`` forks it before importing the store,
-  and SQLAlchemy, the migration check and the first statements run while the child decodes;
+  the imported decoder and starts at once; it needs neither SQLAlchemy nor the database, and
+  this module imports nothing that does (``agent._window``, ``collectors``, ``fingerprints``),
+  so ``lanterne scan`` forks it before importing the store, and SQLAlchemy, the migration check
+  and the first statements run while the child decodes;
 - for the next files, the previous file's write: the next child starts as soon as the previous
-  one has sent its last window (``windows(decoded=...)``);
-- within a file larger than one window, the writing of window *n* and the decoding of *n + 1*.
+  one has sent its last batch (``windows(decoded=...)``);
+- within a file larger than one window, the writing of window *n* and the decoding of the
+  next batches (a thread receives them meanwhile, ``RECEIVE_BACKLOG`` at most).
 
-The pipe's back-pressure bounds memory: a child holds at most the window it builds and the one
-it sends. The child touches no inherited connection and leaves through ``os._exit``
+The child touches no inherited connection and leaves through ``os._exit``
 (multiprocessing's fork start), so it never closes the parent's database sessions. It dies with
 its parent (``PR_SET_PDEATHSIG`` on Linux, a broken pipe anyway), ignores SIGINT (the parent
 decides), and reports a failure as the exception it raised (``OSError``,
@@ -51,7 +54,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final, cast
 
 from agent._window import AggregateStats, Aggregator, Window
-from collectors import DecodeStats, Observation, decode_stream
+from collectors import DecodeStats, Endpoint, Observation, decode_stream
 from fingerprints import Index
 
 #: Distinct keys per window before a scan flushes into its (still open) file transaction.
@@ -62,6 +65,8 @@ PARALLEL_MIN_BYTES: Final = 8 << 20
 BATCH: Final = 4096
 #: Bytes read at once where the pipeline reads a file itself (the decoder reads its own chunks).
 READ_SIZE: Final = 1 << 22
+#: Batches received ahead of the aggregation at most (while a window is written): about 0.5 MB each.
+RECEIVE_BACKLOG: Final = 64
 #: Chunks read ahead of the hashing thread at most: bounds the memory they hold.
 _HASH_BACKLOG: Final = 8
 _PR_SET_PDEATHSIG: Final = 1
@@ -208,7 +213,7 @@ def use_worker(path: Path, parallel: bool | None) -> bool:
 
 @dataclass(slots=True)
 class Decoded:
-    """What the decoding process reports once its file is done."""
+    """A file decoded in a child: its hash and decoding counts (sent), and the aggregation's (added here)."""
 
     sha256: str
     stats: DecodeStats = field(default_factory=DecodeStats)
@@ -216,7 +221,7 @@ class Decoded:
 
 
 class DecodeWorker:
-    """One capture file decoded, matched and aggregated in a forked child; windows read here.
+    """One capture file decoded in a forked child; its Observations aggregated into windows here.
 
     Start it (``start``), iterate ``windows()`` to the end, then read ``result``; ``close`` (or
     the context manager) stops a child that is still running, whatever happened.
@@ -228,9 +233,11 @@ class DecodeWorker:
         self.index = index
         self.agent = agent
         self.window_keys = max(1, flush_at)
+        self.batch_size = min(BATCH, self.window_keys)
         self.result: Decoded | None = None
         self._process: Any = None
         self._receive: Connection | None = None
+        self._receiver: _Receiver | None = None
 
     def start(self) -> DecodeWorker:
         """Fork the child (it starts reading at once)."""
@@ -238,7 +245,7 @@ class DecodeWorker:
         receive, send = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_child,
-            args=(send, os.getpid(), self.path, self.index, self.agent, self.window_keys),
+            args=(send, os.getpid(), self.path, self.agent, self.batch_size),
             name=f"lanterne-decode {self.path.name}",
             daemon=True,
         )
@@ -257,24 +264,31 @@ class DecodeWorker:
         finally:
             send.close()
         self._receive = receive
+        self._receiver = _Receiver(receive, self.path.name)
+        self._receiver.start()
         return self
 
     def windows(
         self, progress: Progress | None = None, decoded: Callable[[], None] | None = None
     ) -> Iterator[Window]:
-        """The windows of the file, in order, as the child sends them.
+        """The windows of the file, in order, aggregated here from the batches the child sends.
 
-        ``result`` is set, and ``decoded`` called, when the last window arrives (before it is
-        yielded: the caller may start decoding its next file while it writes this one). Raises
-        what the child raised (``OSError``, ``CaptureFormatError``...), or ``DecoderDied``.
+        ``result`` is set, and ``decoded`` called, when the child has sent its last batch (before
+        the last window is yielded: the caller may start decoding its next file while it writes
+        this one). Raises what the child raised (``OSError``, ``CaptureFormatError``...), or
+        ``DecoderDied``.
         """
-        receive = self._receive
+        receive = self._receiver
         if receive is None:
             raise RuntimeError("DecodeWorker.windows() before start()")
+        # As in the one-process scan (``Scanner._windows``): the same batches, hence the same windows.
+        aggregator = Aggregator(self.index, max_keys=self.window_keys + self.batch_size)
         while True:
             try:
+                data = receive.get()
                 with collector_paused():
-                    message = pickle.loads(receive.recv_bytes())  # noqa: S301 - our own child, over a pipe
+                    message = pickle.loads(data)  # noqa: S301 - our own child, over a pipe
+                del data
             except (EOFError, OSError) as exc:
                 self._process.join(timeout=5)
                 raise DecoderDied(
@@ -288,13 +302,20 @@ class DecodeWorker:
                 raise DecoderDied(message[1])
             if progress is not None:
                 progress(message[1])
-            if tag == "window":
-                yield message[2]
+            if tag == "batch":
+                with collector_paused():
+                    batch = unpack(message[2])
+                aggregator.add_all(batch)
+                del batch
+                gc.freeze()
+                if len(aggregator) >= self.window_keys:
+                    yield aggregator.drain()
             elif tag == "end":
-                self.result = message[3]
+                self.result = message[2]
+                self.result.aggregate = aggregator.stats
                 if decoded is not None:
                     decoded()
-                yield message[2]
+                yield aggregator.drain()
                 return
 
     def close(self) -> None:
@@ -306,6 +327,9 @@ class DecodeWorker:
             process.join()
             process.close()
             self._process = None
+        if self._receiver is not None:
+            self._receiver.stop()
+            self._receiver = None
         if self._receive is not None:
             self._receive.close()
             self._receive = None
@@ -315,6 +339,49 @@ class DecodeWorker:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Receiver(threading.Thread):
+    """Reads the child's messages into a bounded queue, so that it decodes on while a window is written.
+
+    The pipe itself holds a fraction of one batch: without this thread the child would wait for
+    each write to end. ``RECEIVE_BACKLOG`` batches bound what waits here.
+    """
+
+    def __init__(self, connection: Connection, name: str) -> None:
+        super().__init__(name=f"receive {name}", daemon=True)
+        self._connection = connection
+        self._messages: queue.Queue[bytes | BaseException] = queue.Queue(RECEIVE_BACKLOG)
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        """Receive until the child closes its end (or ``stop``)."""
+        while not self._stopped.is_set():
+            item: bytes | BaseException
+            try:
+                item = self._connection.recv_bytes()
+            except (EOFError, OSError) as exc:
+                item = exc
+            while not self._stopped.is_set():
+                try:
+                    self._messages.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def get(self) -> bytes:
+        """The next message; raises ``EOFError`` or ``OSError`` when the pipe ended before it."""
+        item = self._messages.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        """Stop waiting to hand over messages (the connection is closed by the worker, after)."""
+        self._stopped.set()
+        self.join(timeout=5)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -328,8 +395,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(send: Connection, parent: int, path: Path, index: Index, agent: str, window_keys: int) -> None:
-    """The decoding process: read, hash, decode, match, aggregate; send windows, then the result."""
+def _child(send: Connection, parent: int, path: Path, agent: str, batch_size: int) -> None:
+    """The decoding process: read, hash, decode; send the Observations in batches, then the result."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -339,22 +406,15 @@ def _child(send: Connection, parent: int, path: Path, index: Index, agent: str, 
     hasher = Hasher(path.name)
     try:
         stats = DecodeStats()
-        # As in the one-process scan (``Scanner._windows``): the same batches, hence the same windows.
-        batch_size = max(1, min(BATCH, window_keys))
-        aggregator = Aggregator(index, max_keys=window_keys + batch_size)
         with open(path, "rb") as handle, old_objects_frozen():
             hasher.start()
             reader = Reader(handle, lambda done: put(("progress", done)), hasher)
             observations = decode_stream(cast(BinaryIO, reader), agent=agent, source="pcap", stats=stats)
             for batch in batches(observations, batch_size):
-                aggregator.add_all(batch)
+                put(("batch", reader.done, pack(batch)))
                 gc.freeze()
-                if len(aggregator) >= window_keys:
-                    put(("window", reader.done, aggregator.drain()))
             reader.drain()
-            digest = hasher.hexdigest()
-            window = aggregator.drain()
-            put(("end", reader.done, window, Decoded(digest, stats, aggregator.stats)))
+            put(("end", reader.done, Decoded(hasher.hexdigest(), stats)))
     except BrokenPipeError:  # the parent is gone: nobody to tell
         pass
     except BaseException as exc:  # every failure goes to the parent, which decides
@@ -368,3 +428,36 @@ def _child(send: Connection, parent: int, path: Path, index: Index, agent: str, 
     finally:
         hasher.stop()
         send.close()
+
+
+Packed = list[tuple[Any, ...]]
+"""A batch of Observations as flat tuples of their fields (the endpoints' fields inlined)."""
+
+
+def pack(batch: list[Observation]) -> Packed:
+    """Observations as flat tuples: they pickle without a call per Observation or Endpoint."""
+    return [
+        (ts, kind, value, *src, *dst, attrs, source, agent)
+        for ts, kind, value, src, dst, attrs, source, agent in batch
+    ]
+
+
+def unpack(packed: Packed) -> list[Observation]:
+    """The Observations ``pack`` flattened, rebuilt as they were (checked when they were made)."""
+    new = tuple.__new__
+    return [
+        new(
+            Observation,
+            (
+                ts,
+                kind,
+                value,
+                new(Endpoint, (sip, smac, sport)),
+                new(Endpoint, (dip, dmac, dport)),
+                attrs,
+                source,
+                agent,
+            ),
+        )
+        for ts, kind, value, sip, smac, sport, dip, dmac, dport, attrs, source, agent in packed
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import agent._decoding
 from agent._decoding import DecoderDied, DecodeWorker, parallel_available
 from agent._pipeline import Scanner
-from collectors import CaptureFormatError, Observation
+from collectors import CaptureFormatError, Endpoint, Kind, Observation
 from fingerprints import Index, load_index
 from store import open_store
 from tests.agent.test_scan import T0, capture, scan, snapshot
@@ -247,3 +248,43 @@ def test_no_process_to_be_had_means_decoding_in_this_one(
     result = scan(str(path), "--db", str(tmp_path / "cli.db"), "--parallel")
     assert result.exit_code == 0, result.output
     assert snapshot(f"sqlite:///{tmp_path / 'cli.db'}")["observations"] == 300
+
+
+def test_the_child_decodes_on_while_a_window_is_being_written(index: Index, tmp_path: Path) -> None:
+    """Windows after the first: the child has sent every batch while the first one was 'written'."""
+    names = [f"w{i}.example.org" for i in range(60)]
+    path = capture(tmp_path / "slow.pcap", packets=2000, clients=20, names=names, seed=21)
+    with DecodeWorker(path, index, agent="a", flush_at=100).start() as worker:
+        windows = worker.windows()
+        first = next(windows)
+        process = worker._process
+        process.join(timeout=60)  # the writer is busy with ``first``: nothing reads the pipe now
+        assert process.exitcode == 0, "the child waited for the writer instead of decoding on"
+        rest = list(windows)
+    assert len(rest) >= 5
+    assert worker.result is not None
+    assert worker.result.aggregate.windows == 1 + len(rest)
+    assert sum(window.observed for window in (first, *rest)) == worker.result.stats.observations == 2000
+
+
+def test_observations_cross_the_pipe_unchanged() -> None:
+    """``pack``/``unpack`` give back equal Observations, attrs, endpoints and kinds included."""
+    observations = [
+        Observation(
+            T0 + 0.25,
+            "tls.sni",
+            "chatgpt.com",
+            Endpoint("10.0.0.7", "02:00:00:00:00:07", 51000),
+            Endpoint("192.0.2.10", None, 443),
+            {"alpn": ("h2", "http/1.1"), "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1"},
+            "pcap",
+            "a",
+        ),
+        Observation(T0, "dhcp.hostname", "ward-3-pc", Endpoint(None, "00:1b:21:aa:bb:cc"), agent="a"),
+        Observation(T0, "dns.query", "example.org", Endpoint("fe80::1"), Endpoint("ff02::fb", None, 5353)),
+    ]
+    back = agent._decoding.unpack(pickle.loads(pickle.dumps(agent._decoding.pack(observations))))
+    assert back == observations
+    assert [type(item) for item in back] == [Observation] * 3
+    assert all(type(item.src) is Endpoint and type(item.dst) is Endpoint for item in back)
+    assert [item.kind for item in back] == [Kind.TLS_SNI, Kind.DHCP_HOSTNAME, Kind.DNS_QUERY]
