@@ -290,7 +290,8 @@ def _add_endpoints(session: Session, groups: Mapping[str, ObservedProduct]) -> N
         )
     ae_by_endpoint: dict[int, set[str]] = {}
     ae_by_peer: dict[str, set[str]] = {}
-    counts: dict[tuple[int, str, str], int] = {}
+    counts: dict[int, dict[tuple[str, str], int]] = {}
+    """Endpoint -> (kind, value) -> observations: the rows behind the groups' evidence."""
     # Only the rows behind the evidence are read, and only the columns used: an endpoint may
     # hold millions of other rows (a flood of random subdomains) that say nothing here.
     kinds = sorted({kind for group in groups.values() for kind, _ in group.pairs})
@@ -306,8 +307,8 @@ def _add_endpoints(session: Session, groups: Mapping[str, ObservedProduct]) -> N
                 )
             )
             for endpoint_id, kind, value, count in rows:
-                counted = (endpoint_id, kind, value)
-                counts[counted] = counts.get(counted, 0) + count
+                counted = counts.setdefault(endpoint_id, {})
+                counted[kind, value] = counted.get((kind, value), 0) + count
         associations = session.execute(
             select(aggregate.endpoint_id, aggregate.attrs, aggregate.peer).where(
                 aggregate.endpoint_id.in_(chunk), aggregate.kind == "dicom.association"
@@ -338,8 +339,10 @@ def _add_endpoints(session: Session, groups: Mapping[str, ObservedProduct]) -> N
             if endpoint.vlan is not None:
                 group.vlans.add(endpoint.vlan)
             group.ae_titles |= ae_by_endpoint.get(endpoint_id, set())
+            # The endpoint's few counted rows, not every pair of the group (hundreds for a device
+            # family seen on hundreds of endpoints).
             group.observations += sum(
-                counts.get((endpoint_id, kind, value), 0) for kind, value in group.pairs
+                count for pair, count in counts.get(endpoint_id, {}).items() if pair in group.pairs
             )
         group.ae_titles.discard("")
 
