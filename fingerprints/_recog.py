@@ -339,8 +339,21 @@ def _rule_info(
 
 
 def _parse_database(name: str, data: bytes) -> _Loaded:
-    """Parse and index one XML file."""
-    root = ET.fromstring(data)  # noqa: S314 - a local, trusted corpus file, not network input
+    """Parse and index one XML file (a file that is not XML is left out whole, as its one issue)."""
+    try:
+        root = ET.fromstring(data)  # noqa: S314 - a local, trusted corpus file, not network input
+    except ET.ParseError as exc:
+        # Databases are parsed when first matched, in the middle of a scan or a daemon's life:
+        # a broken file must cost its own fingerprints, not the run.
+        return _Loaded(
+            match_key=name,
+            protocol=None,
+            preference=0.10,
+            fingerprints=[],
+            group=RegexGroup(),
+            by_ordinal={},
+            issues=[RecogIssue(name, 0, "the whole file", f"not well-formed XML ({exc})", 0)],
+        )
     preference = root.get("preference")
     database = _Loaded(
         match_key=root.get("matches") or name,

@@ -99,3 +99,27 @@ def test_rule_ids_resolve_one_database_at_a_time(recog_dir: Path) -> None:
         assert index.recog_rules.get(unknown) is None
     assert sorted(index.recog_rules) == ["recog:http_servers:1", "recog:snmp_sysdescr:1"]
     assert len(index.recog_rules) == 2
+
+
+def test_a_database_that_is_not_xml_costs_its_fingerprints_not_the_run(
+    recog_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It is parsed at its first value, mid-scan: it is reported and left out, the others still match."""
+    (recog_dir / "xml" / "snmp_sysdescr.xml").write_text(
+        "<fingerprints><fingerprint pattern='", encoding="utf-8"
+    )
+    index = load_index(recog_dir=recog_dir)
+    sysdescr = Observation(
+        ts=0, kind=Kind.SNMP_SYSDESCR, value="Cisco IOS Software", src=Endpoint(ip="10.0.0.2")
+    )
+    with caplog.at_level(logging.WARNING, logger="fingerprints._recog"):
+        assert index.match(sysdescr) == ()
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert message.startswith("recog snmp_sysdescr.xml #0 (the whole file) left out: not well-formed XML")
+    banner = Observation(ts=0, kind=Kind.HTTP_SERVER, value="Apache/2.4.1", dst=Endpoint(ip="10.0.0.1"))
+    assert [item.rule.rule_id for item in index.match(banner)] == ["recog:http_servers:1"]
+    recog = load_recog(recog_dir)
+    assert [(issue.database, issue.ordinal) for issue in recog.issues] == [
+        ("http_servers", 2),
+        ("snmp_sysdescr", 0),
+    ]
