@@ -227,10 +227,9 @@ class DecodeWorker:
     the context manager) stops a child that is still running, whatever happened.
     """
 
-    def __init__(self, path: Path, index: Index, *, agent: str, flush_at: int = FLUSH_AT) -> None:
+    def __init__(self, path: Path, *, agent: str, flush_at: int = FLUSH_AT) -> None:
         """``flush_at``: keys per window, as in a scan that decodes in its own process."""
         self.path = path
-        self.index = index
         self.agent = agent
         self.window_keys = max(1, flush_at)
         self.batch_size = min(BATCH, self.window_keys)
@@ -269,9 +268,9 @@ class DecodeWorker:
         return self
 
     def windows(
-        self, progress: Progress | None = None, decoded: Callable[[], None] | None = None
+        self, index: Index, progress: Progress | None = None, decoded: Callable[[], None] | None = None
     ) -> Iterator[Window]:
-        """The windows of the file, in order, aggregated here from the batches the child sends.
+        """The windows of the file, in order, aggregated here (matched with ``index``) from the batches.
 
         ``result`` is set, and ``decoded`` called, when the child has sent its last batch (before
         the last window is yielded: the caller may start decoding its next file while it writes
@@ -282,7 +281,7 @@ class DecodeWorker:
         if receive is None:
             raise RuntimeError("DecodeWorker.windows() before start()")
         # As in the one-process scan (``Scanner._windows``): the same batches, hence the same windows.
-        aggregator = Aggregator(self.index, max_keys=self.window_keys + self.batch_size)
+        aggregator = Aggregator(index, max_keys=self.window_keys + self.batch_size)
         while True:
             try:
                 data = receive.get()

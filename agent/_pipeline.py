@@ -174,7 +174,7 @@ class Scanner:
                     report.seconds = time.perf_counter() - started
                     return report
         if worker is None and use_worker(path, self.parallel):
-            worker = DecodeWorker(path, self.index, agent=self.agent, flush_at=self.flush_at)
+            worker = DecodeWorker(path, agent=self.agent, flush_at=self.flush_at)
             workers.append(worker)
             try:
                 worker.start()
@@ -188,7 +188,7 @@ class Scanner:
                 session: Session | None = None
                 windows: Iterator[Window]
                 if worker is not None:
-                    windows = worker.windows(progress, decoded)
+                    windows = worker.windows(self.index, progress, decoded)
                 else:
                     handle = stack.enter_context(open(path, "rb"))
                     windows = stack.enter_context(

@@ -139,18 +139,19 @@ def scan(
 ) -> None:
     """Ingest captures: observe, match, store, reconcile; print a summary."""
     agent_name = agent or default_agent_name()
-    try:
-        index = default_index()
-    except CatalogError as exc:
-        fatal(f"the fingerprint catalogue does not load: {exc}", tip="run: lanterne fingerprints test")
     with ExitStack() as workers:
-        prefetch = _Prefetch(
-            files, index, workers, agent=agent_name, flush_keys=flush_keys, parallel=parallel
-        )
-        prefetch(0)  # before the store is imported: its start-up runs beside the decoding
+        prefetch = _Prefetch(files, workers, agent=agent_name, flush_keys=flush_keys, parallel=parallel)
+        # Before the catalogue loads and the store is imported: the child decodes meanwhile (only
+        # this process matches and writes).
+        prefetch(0)
+        try:
+            index = default_index()
+        except CatalogError as exc:
+            fatal(f"the fingerprint catalogue does not load: {exc}", tip="run: lanterne fingerprints test")
         report = _scan_files(
             files,
             prefetch,
+            index,
             db=db,
             site=site,
             agent=agent_name,
@@ -175,22 +176,14 @@ def scan(
 class _Prefetch:
     """The decoding processes of the files to scan, each started before its file's turn.
 
-    The first one before the store is even imported; each next one as soon as the previous file
-    is decoded, so that it decodes while that file is written.
+    The first one before the catalogue is loaded and the store imported; each next one as soon
+    as the previous file is decoded, so that it decodes while that file is written.
     """
 
     def __init__(
-        self,
-        files: list[Path],
-        index: Index,
-        stack: ExitStack,
-        *,
-        agent: str,
-        flush_keys: int,
-        parallel: bool | None,
+        self, files: list[Path], stack: ExitStack, *, agent: str, flush_keys: int, parallel: bool | None
     ) -> None:
         self.files = files
-        self.index = index
         self.stack = stack
         self.agent = agent
         self.flush_keys = flush_keys
@@ -205,7 +198,7 @@ class _Prefetch:
             or not use_worker(self.files[number], self.parallel)
         ):
             return
-        worker = DecodeWorker(self.files[number], self.index, agent=self.agent, flush_at=self.flush_keys)
+        worker = DecodeWorker(self.files[number], agent=self.agent, flush_at=self.flush_keys)
         try:
             self.started[number] = self.stack.enter_context(worker.start())
         except OSError:  # no process to be had (a limit, memory): the file is decoded in this one
@@ -219,6 +212,7 @@ class _Prefetch:
 def _scan_files(
     files: list[Path],
     prefetch: _Prefetch,
+    index: Index,
     *,
     db: str | None,
     site: str,
@@ -242,7 +236,7 @@ def _scan_files(
     try:
         scanner = Scanner(
             store,
-            prefetch.index,
+            index,
             site=site,
             agent=agent,
             pseudonymiser=pseudonymiser,

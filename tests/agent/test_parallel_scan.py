@@ -197,8 +197,7 @@ def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
         "import sys, time\n"
         "from pathlib import Path\n"
         "from agent._decoding import DecodeWorker\n"
-        "from fingerprints import load_index\n"
-        f"worker = DecodeWorker(Path({str(fifo)!r}), load_index(with_recog=False), agent='a').start()\n"
+        f"worker = DecodeWorker(Path({str(fifo)!r}), agent='a').start()\n"
         "print(worker._process.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -223,7 +222,7 @@ def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
 
 def test_a_worker_closed_early_leaves_no_process(index: Index, tmp_path: Path) -> None:
     path = capture(tmp_path / "c.pcap", packets=500, clients=5, names=["chatgpt.com"], seed=4)
-    with DecodeWorker(path, index, agent="a").start() as worker:
+    with DecodeWorker(path, agent="a").start() as worker:
         pid = worker._process.pid
     assert not _alive(pid)
     assert worker.result is None
@@ -254,8 +253,8 @@ def test_the_child_decodes_on_while_a_window_is_being_written(index: Index, tmp_
     """Windows after the first: the child has sent every batch while the first one was 'written'."""
     names = [f"w{i}.example.org" for i in range(60)]
     path = capture(tmp_path / "slow.pcap", packets=2000, clients=20, names=names, seed=21)
-    with DecodeWorker(path, index, agent="a", flush_at=100).start() as worker:
-        windows = worker.windows()
+    with DecodeWorker(path, agent="a", flush_at=100).start() as worker:
+        windows = worker.windows(index)
         first = next(windows)
         process = worker._process
         process.join(timeout=60)  # the writer is busy with ``first``: nothing reads the pipe now
@@ -288,3 +287,28 @@ def test_observations_cross_the_pipe_unchanged() -> None:
     assert [type(item) for item in back] == [Observation] * 3
     assert all(type(item.src) is Endpoint and type(item.dst) is Endpoint for item in back)
     assert [item.kind for item in back] == [Kind.TLS_SNI, Kind.DHCP_HOSTNAME, Kind.DNS_QUERY]
+
+
+def test_the_first_child_forks_before_the_catalogue_and_the_store_load(tmp_path: Path) -> None:
+    """What ``lanterne scan`` does before the fork is on the critical path: only the CLI is."""
+    path = capture(tmp_path / "early.pcap", packets=200, clients=5, names=["chatgpt.com"], seed=6)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    script = (
+        "import sys\n"
+        "from agent._decoding import DecodeWorker\n"
+        "from agent.cli import main\n"
+        "from fingerprints import default_index\n"
+        "real = DecodeWorker.start\n"
+        "def start(self):\n"
+        "    print('sqlalchemy' in sys.modules, default_index.cache_info().currsize, flush=True)\n"
+        "    return real(self)\n"
+        "DecodeWorker.start = start\n"
+        f"sys.argv = ['lanterne', 'scan', '--parallel', '--db', {url!r}, {str(path)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "0"]
+    assert snapshot(url)["observations"] == 200
