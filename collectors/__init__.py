@@ -33,20 +33,43 @@ __all__ = [
     "Observation",
     "PacketContext",
     "ParseError",
+    "Partition",
     "Truncated",
     "canonical_ip",
     "canonical_mac",
     "decode_file",
     "decode_packets",
+    "decode_share",
     "decode_stream",
     "is_locally_administered",
     "iter_packets",
+    "merge_shares",
 ]
 
 if TYPE_CHECKING:
-    from collectors._decoder import Decoder, DecodeStats, decode_file, decode_packets, decode_stream
+    from collectors._decoder import (
+        Decoder,
+        DecodeStats,
+        Partition,
+        decode_file,
+        decode_packets,
+        decode_share,
+        decode_stream,
+        merge_shares,
+    )
 
-_LAZY = frozenset({"DecodeStats", "Decoder", "decode_file", "decode_packets", "decode_stream"})
+_LAZY = frozenset(
+    {
+        "DecodeStats",
+        "Decoder",
+        "Partition",
+        "decode_file",
+        "decode_packets",
+        "decode_share",
+        "decode_stream",
+        "merge_shares",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ bug is counted too (and re-raised in ``strict`` mode, which the tests use) — n
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import socket
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final, cast
+from zlib import crc32
 
 from collectors import dhcp, dicom, dns, hl7, http, nbns, quic, snmp, ssdp, tls
 from collectors._capture import CHUNK_SIZE, CaptureFormatError, CaptureTruncated, iter_packets
@@ -207,6 +209,21 @@ class DecodeStats:
     truncated_files: int = 0
     """Captures that ended in the middle of a record (cut short): decoded up to the cut."""
 
+    def add(self, other: DecodeStats, *, packets: bool = True) -> None:
+        """Add another decoder's counts (``packets=False``: a share of the same file, counted already)."""
+        if packets:
+            self.packets += other.packets
+        self.decoded += other.decoded
+        self.malformed += other.malformed
+        self.unsupported_link += other.unsupported_link
+        self.observations += other.observations
+        self.per_kind.update(other.per_kind)
+        self.malformed_by.update(other.malformed_by)
+        self.parser_errors += other.parser_errors
+        self.fragments += other.fragments
+        self.streams_evicted += other.streams_evicted
+        self.truncated_files += other.truncated_files
+
     def to_dict(self) -> dict[str, Any]:
         """Return the summary as plain data."""
         return {
@@ -224,6 +241,24 @@ class DecodeStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Share ``number`` of ``count`` of a capture's traffic, by address pair.
+
+    Frames between the same two addresses, either way, fall in the same share, and with them
+    every flow, fragmented datagram and handshake they carry: the state a decoder keeps is per
+    address pair, so decoders of different shares never need each other's. Frames whose
+    addresses cannot be read are the first share's.
+    """
+
+    number: int
+    count: int
+
+    def owns(self, a: bytes, b: bytes) -> bool:
+        """Whether the frames between addresses ``a`` and ``b`` (packed) are this share's."""
+        return (crc32(a) ^ crc32(b)) % self.count == self.number
+
+
 class Decoder:
     """Turns raw frames into Observations; keeps only bounded per-flow state."""
 
@@ -234,7 +269,9 @@ class Decoder:
         source: str = "pcap",
         stats: DecodeStats | None = None,
         strict: bool = False,
+        partition: Partition | None = None,
     ) -> None:
+        """``partition``: decode only the packets between the address pairs of this share."""
         self.agent = agent
         self.source = source
         self.stats = stats if stats is not None else DecodeStats()
@@ -245,6 +282,14 @@ class Decoder:
         self.quic = quic.QuicTracker()
         #: Use the C scan loop when it is built (tests turn it off to compare both paths).
         self.accelerated = True
+        self.partition = partition
+        #: Whether this decoder counts what happens before a packet's addresses are known (one
+        #: partition does: every decoder of a file reads every frame).
+        self.counts_unowned = partition is None or partition.number == 0
+        self.index = 0
+        """The number (from 0) of the frame being decoded: set by the loops that call ``feed``."""
+        self.tags: list[int] | None = [] if partition is not None else None
+        """With a partition: the frame number of each Observation in ``out``, in the same order."""
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -257,14 +302,14 @@ class Decoder:
         vlan: int | None = None
         if linktype == LINKTYPE_ETHERNET:
             if caplen < 14:
-                self._malformed("ethernet")
+                self._unowned_malformed("ethernet")
                 return
             ethertype = (buf[off + 12] << 8) | buf[off + 13]
             p = off + 14
             if ethertype in VLAN_TAGS:
                 for _ in range(MAX_VLAN_TAGS):
                     if p + 4 > end:
-                        self._malformed("vlan")
+                        self._unowned_malformed("vlan")
                         return
                     vlan = ((buf[p] << 8) | buf[p + 1]) & 0x0FFF
                     ethertype = (buf[p + 2] << 8) | buf[p + 3]
@@ -274,7 +319,7 @@ class Decoder:
             if ethertype == ETH_PPPOE_SESSION:
                 # PPPoE session header (6 bytes) then the PPP protocol number (RFC 2516).
                 if p + 8 > end:
-                    self._malformed("pppoe")
+                    self._unowned_malformed("pppoe")
                     return
                 ethertype = PPP_PROTOCOLS.get((buf[p + 6] << 8) | buf[p + 7], 0)
                 p += 8
@@ -284,7 +329,7 @@ class Decoder:
             src_mac = buf[off + 6 : off + 12]
         elif linktype == LINKTYPE_LINUX_SLL:
             if caplen < 16:
-                self._malformed("sll")
+                self._unowned_malformed("sll")
                 return
             ethertype = (buf[off + 14] << 8) | buf[off + 15]
             p = off + 16
@@ -296,7 +341,7 @@ class Decoder:
                 p += 4
         elif linktype == LINKTYPE_LINUX_SLL2:
             if caplen < 20:
-                self._malformed("sll2")
+                self._unowned_malformed("sll2")
                 return
             ethertype = (buf[off] << 8) | buf[off + 1]
             p = off + 20
@@ -304,32 +349,36 @@ class Decoder:
                 src_mac = buf[off + 12 : off + 18]
         elif linktype in (LINKTYPE_RAW, LINKTYPE_RAW_OLD, LINKTYPE_IPV4, LINKTYPE_IPV6):
             if caplen < 1:
-                self._malformed("raw")
+                self._unowned_malformed("raw")
                 return
             version = buf[off] >> 4
             ethertype = ETH_IPV4 if version == 4 else ETH_IPV6 if version == 6 else 0
             p = off
         elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
             if caplen < 4:
-                self._malformed("null")
+                self._unowned_malformed("null")
                 return
             family = buf[off + 3] if buf[off] == 0 else buf[off]  # host byte order of the writer
             ethertype = ETH_IPV4 if family == 2 else ETH_IPV6 if family in (10, 24, 28, 30) else 0
             p = off + 4
         else:
-            self.stats.unsupported_link += 1
+            if self.counts_unowned:
+                self.stats.unsupported_link += 1
             return
 
         # -- network layer -------------------------------------------------------------------------
         if ethertype == ETH_IPV4:
             if p + 20 > end:
-                self._malformed("ipv4")
+                self._unowned_malformed("ipv4")
                 return
             vihl = buf[p]
             ihl = (vihl & 0x0F) << 2
             total = (buf[p + 2] << 8) | buf[p + 3]
             if vihl >> 4 != 4 or ihl < 20 or total < ihl:
-                self._malformed("ipv4")
+                self._unowned_malformed("ipv4")
+                return
+            partition = self.partition
+            if partition is not None and not partition.owns(buf[p + 12 : p + 16], buf[p + 16 : p + 20]):
                 return
             ipend = p + total
             ipend = min(ipend, end)  # snap length cut the packet: parse what we have
@@ -349,10 +398,13 @@ class Decoder:
                 addr_off, p = 12, 0
         elif ethertype == ETH_IPV6:
             if p + 40 > end:
-                self._malformed("ipv6")
+                self._unowned_malformed("ipv6")
                 return
             if buf[p] >> 4 != 6:
-                self._malformed("ipv6")
+                self._unowned_malformed("ipv6")
+                return
+            partition = self.partition
+            if partition is not None and not partition.owns(buf[p + 8 : p + 24], buf[p + 24 : p + 40]):
                 return
             ipend = p + 40 + ((buf[p + 4] << 8) | buf[p + 5])
             ipend = min(ipend, end)
@@ -523,6 +575,7 @@ class Decoder:
             scan = _scan.scan_pcap
             transport = self.transport
             stats = self.stats
+            partition = self.partition
             while True:
                 pos, skipped_now, hit, l4 = scan(buf, pos, limit, port_pairs)
                 skipped += skipped_now
@@ -536,12 +589,15 @@ class Decoder:
                 pos = frame + caplen
                 ip = l4 - 20
                 total = (buf[ip + 2] << 8) | buf[ip + 3] if l4 else 0
+                self.index = stats.packets + skipped
                 if total < 20:  # not plain IPv4 TCP/UDP (or a bad length): the full path decides
                     feed(sec + frac * resolution, linktype, buf, frame, caplen)
                     continue
                 # Plain IPv4 (the C loop checked Ethernet, one optional 802.1Q tag, IHL 5, no
                 # fragment): go straight to the transport layer instead of re-reading headers.
                 stats.packets += 1
+                if partition is not None and not partition.owns(buf[ip + 12 : ip + 16], buf[ip + 16 : l4]):
+                    continue
                 vlan = ((buf[frame + 14] << 8) | buf[frame + 15]) & 0x0FFF if ip != frame + 14 else None
                 transport(
                     sec + frac * resolution,
@@ -583,6 +639,7 @@ class Decoder:
                 skipped += 1
             else:
                 sec, frac = record_time(buf, pos)
+                self.index = self.stats.packets + skipped
                 feed(sec + frac * resolution, linktype, buf, frame, caplen)
             pos = end
         self.stats.packets += skipped
@@ -591,7 +648,14 @@ class Decoder:
     def flush(self) -> list[Observation]:
         """Hand over the observations decoded so far."""
         out, self.out = self.out, []
+        if self.tags is not None:
+            self.tags = []
         return out
+
+    def flush_tagged(self) -> list[tuple[int, Observation]]:
+        """Hand over the observations decoded so far with the number of the frame of each."""
+        tags = self.tags if self.tags is not None else [self.index] * len(self.out)
+        return list(zip(tags, self.flush(), strict=True))
 
     # -- helpers (off the hot path: only packets that reach a parser get here) --------------------
 
@@ -644,6 +708,8 @@ class Decoder:
 
     def _emit(self, observations: list[Observation]) -> None:
         if observations:
+            if self.tags is not None:
+                self.tags += [self.index] * len(observations)
             stats = self.stats
             stats.decoded += 1
             stats.observations += len(observations)
@@ -651,6 +717,11 @@ class Decoder:
             for obs in observations:
                 per_kind[obs.kind] += 1
             self.out += observations
+
+    def _unowned_malformed(self, protocol: str) -> None:
+        """A frame broken before its addresses could be read: one partition counts it."""
+        if self.counts_unowned:
+            self._malformed(protocol)
 
     def _malformed(self, protocol: str) -> None:
         self.stats.malformed += 1
@@ -672,18 +743,47 @@ def decode_stream(
 ) -> Iterator[Observation]:
     """Decode a pcap/pcapng stream, yielding Observations as they are found."""
     decoder = Decoder(agent=agent, source=source, stats=stats, strict=strict)
+    for _ in _run(decoder, handle):
+        yield from decoder.flush()
+
+
+def decode_share(
+    handle: BinaryIO,
+    partition: Partition,
+    *,
+    agent: str = "lanterne",
+    source: str = "pcap",
+    stats: DecodeStats | None = None,
+    strict: bool = False,
+) -> Iterator[list[tuple[int, Observation]]]:
+    """Decode one share of a pcap/pcapng stream: lists of (frame number, Observation), in order.
+
+    Merged by frame number (``merge_shares``), the shares of a file give the Observations of
+    ``decode_stream`` in its order, and their ``stats`` added up (``DecodeStats.add``) its counts.
+    Every share reads and counts every frame (``packets``): the merged count takes one share's.
+    """
+    decoder = Decoder(agent=agent, source=source, stats=stats, strict=strict, partition=partition)
+    for _ in _run(decoder, handle):
+        yield decoder.flush_tagged()
+
+
+def _run(decoder: Decoder, handle: BinaryIO) -> Iterator[None]:
+    """Decode ``handle``, pausing whenever ``decoder.out`` holds Observations."""
     head = handle.read(24)
     try:
         if head[:4] in FAST_PCAP_MAGICS and len(head) == 24:
             yield from _decode_pcap_fast(decoder, handle, head)
         else:
             feed = decoder.feed
+            stats = decoder.stats
             for ts, linktype, buf, off, caplen in iter_packets(cast(BinaryIO, _Prepend(head, handle))):
+                decoder.index = stats.packets
                 feed(ts, linktype, buf, off, caplen)
                 if decoder.out:
-                    yield from decoder.flush()
+                    yield
     except CaptureTruncated:
-        decoder.stats.truncated_files += 1
+        if decoder.counts_unowned:
+            decoder.stats.truncated_files += 1
     decoder.stats.streams_evicted += decoder.streams.evicted
 
 
@@ -691,7 +791,7 @@ def decode_stream(
 FAST_PCAP_MAGICS: Final = {b"\xd4\xc3\xb2\xa1": 1e-6, b"\x4d\x3c\xb2\xa1": 1e-9}
 
 
-def _decode_pcap_fast(decoder: Decoder, handle: BinaryIO, head: bytes) -> Iterator[Observation]:
+def _decode_pcap_fast(decoder: Decoder, handle: BinaryIO, head: bytes) -> Iterator[None]:
     resolution = FAST_PCAP_MAGICS[head[:4]]
     linktype = int.from_bytes(head[20:24], "little") & 0x03FFFFFF
     scan = decoder.scan_pcap
@@ -713,7 +813,7 @@ def _decode_pcap_fast(decoder: Decoder, handle: BinaryIO, head: bytes) -> Iterat
         pos = scan(chunk, start, len(chunk), linktype, resolution)
         tail = chunk[pos:]
         if decoder.out:
-            yield from decoder.flush()
+            yield
     if tail:
         raise CaptureTruncated("capture ends inside a packet")
 
@@ -761,3 +861,13 @@ def decode_packets(
     for ts, frame in frames:
         decoder.feed(ts, linktype, frame, 0, len(frame))
     return decoder.flush()
+
+
+def merge_shares(*shares: Iterable[tuple[int, Observation]]) -> Iterator[Observation]:
+    """The Observations of a file's shares (``decode_share``, flattened) in the file's order."""
+    for _, observation in heapq.merge(*shares, key=_frame_number):
+        yield observation
+
+
+def _frame_number(item: tuple[int, Observation]) -> int:
+    return item[0]

@@ -1,0 +1,109 @@
+"""A capture decoded in shares (by address pair) and merged gives exactly what one decoder gives.
+
+``lanterne scan`` decodes a large file in two processes, each taking the frames of half of the
+address pairs (``Partition``); the frames are merged back by number. That is only right if no
+decoder state crosses address pairs, and if every count is made once: both are checked here on
+every capture of the corpus (fragments, TCP and QUIC reassembly, DHCP, broken captures...), the
+bundled demo and the benchmark's generator, against the plain decoder.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from collectors import (
+    CaptureFormatError,
+    DecodeStats,
+    Observation,
+    Partition,
+    decode_share,
+    decode_stream,
+    merge_shares,
+)
+from tests.agent.test_scan import capture
+from tests.corpus import PCAP_DIR, corpus_pcaps
+
+DEMO = Path(__file__).resolve().parents[2] / "agent" / "demo" / "hospital.pcap"
+
+
+def _serial(data: bytes) -> tuple[list[Observation], DecodeStats] | str:
+    stats = DecodeStats()
+    try:
+        return list(decode_stream(io.BytesIO(data), agent="a", stats=stats)), stats
+    except CaptureFormatError as exc:
+        return f"error: {exc}"
+
+
+def _shared(data: bytes, count: int) -> tuple[list[Observation], DecodeStats, list[int]] | str:
+    shares: list[list[tuple[int, Observation]]] = []
+    total = DecodeStats()
+    for number in range(count):
+        stats = DecodeStats()
+        try:
+            tagged = [
+                item
+                for chunk in decode_share(io.BytesIO(data), Partition(number, count), agent="a", stats=stats)
+                for item in chunk
+            ]
+        except CaptureFormatError as exc:
+            return f"error: {exc}"
+        assert [frame for frame, _ in tagged] == sorted(frame for frame, _ in tagged), "a share is in order"
+        if number:
+            assert stats.packets == total.packets, "every share reads every frame"
+        total.add(stats, packets=number == 0)
+        shares.append(tagged)
+    return list(merge_shares(*shares)), total, [len(share) for share in shares]
+
+
+def _check(data: bytes) -> list[int]:
+    serial = _serial(data)
+    sizes: list[int] = []
+    for count in (2, 3):
+        shared = _shared(data, count)
+        if isinstance(serial, str) or isinstance(shared, str):
+            assert shared == serial
+            continue
+        observations, stats, sizes = shared
+        assert observations == serial[0]
+        assert stats.to_dict() == serial[1].to_dict()
+    return sizes
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("capture", corpus_pcaps(), ids=lambda p: p.relative_to(PCAP_DIR).as_posix())
+def test_shares_of_a_corpus_capture_merge_into_its_decoding(capture: Path) -> None:
+    _check(capture.read_bytes())
+
+
+def test_shares_of_the_demo_merge_into_its_decoding() -> None:
+    sizes = _check(DEMO.read_bytes())
+    assert all(sizes), "each of three shares got some of the demo's hosts"
+
+
+def test_shares_of_many_hosts_spread_and_merge_into_their_decoding(tmp_path: Path) -> None:
+    """200 workstations asking one resolver: the pairs spread over the shares."""
+    path = capture(tmp_path / "many.pcap", packets=3000, clients=200, names=["chatgpt.com", "a.org"], seed=3)
+    sizes = _check(path.read_bytes())
+    assert min(sizes) > sum(sizes) / 6, f"the address pairs spread over the shares: {sizes}"
+
+
+def test_a_capture_cut_short_is_counted_once() -> None:
+    data = DEMO.read_bytes()
+    cut = data[: len(data) // 2 + 7]
+    serial = _serial(cut)
+    assert not isinstance(serial, str)
+    assert serial[1].truncated_files == 1
+    _check(cut)
+
+
+def test_a_share_is_every_frame_between_its_address_pairs() -> None:
+    """Either direction of a pair, IPv4 and IPv6 alike, falls in one share."""
+    a4, b4 = bytes([10, 0, 0, 7]), bytes([192, 0, 2, 10])
+    a6, b6 = bytes(15) + b"\x01", bytes.fromhex("20010db8") + bytes(11) + b"\x05"
+    for a, b in ((a4, b4), (a6, b6)):
+        owners = [number for number in range(3) if Partition(number, 3).owns(a, b)]
+        assert len(owners) == 1
+        assert Partition(owners[0], 3).owns(b, a)
