@@ -1,42 +1,48 @@
-"""Reading one capture for a scan: decoded here, or in a forked process beside the writer.
+"""Reading one capture for a scan: decoded here, or in forked processes beside the writer.
 
 A scan is three jobs: decoding (the file, packet by packet, into Observations), aggregating and
 matching them (windows of distinct keys), and writing the windows into one transaction. On a
-machine with two cores ``DecodeWorker`` forks a child that reads the file, hashes it and
-decodes it, and sends the Observations in batches through a pipe; this process aggregates them
-into windows while the child decodes on. The batches, hence the windows, are exactly those of
-the scan that decodes in its own process (``flush_at`` keys, then the rest), so the stored
-result is the same (``tests/agent/test_parallel_scan.py``). The child sends Observations rather
-than windows because a file's last window can only be written once the whole file is decoded:
-aggregating it here, as the batches arrive, leaves nothing but the write after the decoding.
-(A window costs its identity resolution whatever its size, so windows are not made smaller.)
+machine with two cores or more, ``DecodeWorker`` forks children that read the file and decode
+it, each its share of the address pairs (``collectors.Partition``: the decoder's state is per
+address pair, so the shares need nothing from each other), and send their Observations, with
+the number of the frame of each, through pipes. This process merges them back into the file's
+order, aggregates them into windows while the children decode on, and hashes the file. The
+Observations, hence the batches and the windows, are exactly those of the scan that decodes in
+its own process (``flush_at`` keys, then the rest), so the stored result is the same
+(``tests/agent/test_parallel_scan.py``, and ``tests/collectors/test_shares.py`` for the merge on
+every corpus capture). The children send Observations rather than windows because a file's
+last window can only be written once the whole file is decoded: aggregating it here, as the
+Observations arrive, leaves nothing but the write after the decoding. (A window costs its
+identity resolution whatever its size, so windows are not made smaller.)
 
 What else runs beside the decoding:
 
-- for the first file, the writer's start-up: the child is forked, never spawned, so it inherits
-  the imported decoder and starts at once; it needs neither SQLAlchemy nor the database, and
-  this module imports nothing that does (``agent._window``, ``collectors``, ``fingerprints``),
-  so ``lanterne scan`` forks it before importing the store, and SQLAlchemy, the migration check
-  and the first statements run while the child decodes;
-- for the next files, the previous file's write: the next child starts as soon as the previous
-  one has sent its last batch (``windows(decoded=...)``);
-- within a file larger than one window, the writing of window *n* and the decoding of the
-  next batches (a thread receives them meanwhile, ``RECEIVE_BACKLOG`` at most).
+- for the first file, the writer's start-up: the children are forked, never spawned, so they
+  inherit the imported decoder and start at once; they need neither the catalogue, nor
+  SQLAlchemy, nor the database, and this module imports nothing that does (``agent._window``,
+  ``collectors``, ``fingerprints``), so ``lanterne scan`` forks them first, and the catalogue,
+  SQLAlchemy, the migration check and the first statements load while they decode;
+- for the next files, the previous file's write: the next children start as soon as the
+  previous ones have sent their last Observations (``windows(decoded=...)``);
+- within a file larger than one window, the writing of window *n* and the decoding of what
+  follows (a thread per child receives meanwhile, ``RECEIVE_BACKLOG`` messages at most).
 
-The child touches no inherited connection and leaves through ``os._exit``
-(multiprocessing's fork start), so it never closes the parent's database sessions. It dies with
-its parent (``PR_SET_PDEATHSIG`` on Linux, a broken pipe anyway), ignores SIGINT (the parent
-decides), and reports a failure as the exception it raised (``OSError``,
-``CaptureFormatError``); a child that dies (a signal, a crash in a C extension) is reported as
-``DecoderDied``, and the file's transaction is rolled back like any failed file.
+A child touches no inherited connection and leaves through ``os._exit`` (multiprocessing's fork
+start), so it never closes the parent's database sessions. It dies with its parent
+(``PR_SET_PDEATHSIG`` on Linux, a broken pipe anyway), ignores SIGINT (the parent decides), and
+reports a failure as the exception it raised (``OSError``, ``CaptureFormatError``); a child
+that dies (a signal, a crash in a C extension) is reported as ``DecoderDied``, and the file's
+transaction is rolled back like any failed file.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import gc
 import hashlib
+import heapq
 import multiprocessing
 import os
 import pickle
@@ -54,11 +60,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final, cast
 
 from agent._window import AggregateStats, Aggregator, Window
-from collectors import DecodeStats, Endpoint, Observation, decode_stream
+from collectors import DecodeStats, Endpoint, Observation, Partition, decode_share
 from fingerprints import Index
 
 #: Distinct keys per window before a scan flushes into its (still open) file transaction.
 FLUSH_AT: Final = 100_000
+#: Decoding processes per file at most (each takes its share of the address pairs).
+MAX_DECODERS: Final = 4
 #: Files smaller than this are decoded in the scanning process (a fork would cost more than it saves).
 PARALLEL_MIN_BYTES: Final = 8 << 20
 #: Observations taken from the decoder between two checks of the window size.
@@ -116,6 +124,39 @@ class Hasher(threading.Thread):
         """End the thread once it has hashed what it was fed (idempotent)."""
         if self.is_alive():
             self._blocks.put(None)
+            self.join()
+
+
+class FileHasher(threading.Thread):
+    """SHA-256 of a file, read and computed by a thread of its own (beside processes that decode it)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name=f"sha256 {path.name}", daemon=True)
+        self.path = path
+        self._hasher = hashlib.sha256()
+        self._error: OSError | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        """Read and hash the file (reads and hashlib release the GIL on these blocks)."""
+        try:
+            with open(self.path, "rb") as handle:
+                while not self._stopped.is_set() and (block := handle.read(READ_SIZE)):
+                    self._hasher.update(block)
+        except OSError as exc:
+            self._error = exc
+
+    def hexdigest(self) -> str:
+        """Wait for the whole file; its digest (raises the ``OSError`` that stopped the reading)."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._hasher.hexdigest()
+
+    def stop(self) -> None:
+        """Stop reading (idempotent)."""
+        self._stopped.set()
+        if self.is_alive():
             self.join()
 
 
@@ -187,13 +228,25 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux: the CPUs this process may use
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+
+
 def parallel_available() -> bool:
     """Whether this machine can decode in a forked process beside the writer (fork, two cores)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return False
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux: the CPUs this process may use
-    cpus = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
-    return cpus > 1
+    return "fork" in multiprocessing.get_all_start_methods() and usable_cpus() > 1
+
+
+def default_decoders() -> int:
+    """Decoding processes per file: one per CPU but the writer's, ``MAX_DECODERS`` at most.
+
+    On two cores a second decoder made the decoding no faster (``bench/bench_scan.py``): the
+    writer aggregates and hashes while the file is decoded, and every decoder reads the whole
+    file, so the cores were full already.
+    """
+    return max(1, min(usable_cpus() - 1, MAX_DECODERS))
 
 
 def parallel_worth_it(path: Path) -> bool:
@@ -221,123 +274,217 @@ class Decoded:
 
 
 class DecodeWorker:
-    """One capture file decoded in a forked child; its Observations aggregated into windows here.
+    """One capture file decoded in forked children, one per share; the Observations merged into windows here.
 
     Start it (``start``), iterate ``windows()`` to the end, then read ``result``; ``close`` (or
-    the context manager) stops a child that is still running, whatever happened.
+    the context manager) stops the children that still run, whatever happened.
     """
 
-    def __init__(self, path: Path, *, agent: str, flush_at: int = FLUSH_AT) -> None:
-        """``flush_at``: keys per window, as in a scan that decodes in its own process."""
+    def __init__(
+        self, path: Path, *, agent: str, flush_at: int = FLUSH_AT, decoders: int | None = None
+    ) -> None:
+        """``flush_at``: keys per window, as in a scan that decodes in its own process.
+
+        ``decoders``: processes decoding the file, each its share of the address pairs
+        (default ``default_decoders()``).
+        """
         self.path = path
         self.agent = agent
         self.window_keys = max(1, flush_at)
         self.batch_size = min(BATCH, self.window_keys)
+        self.decoders = max(1, decoders if decoders is not None else default_decoders())
         self.result: Decoded | None = None
-        self._process: Any = None
-        self._receive: Connection | None = None
-        self._receiver: _Receiver | None = None
+        self._children: list[_Child] = []
+        self._hasher: FileHasher | None = None
+
+    @property
+    def processes(self) -> list[Any]:
+        """The decoding processes started (``multiprocessing.Process``), share by share."""
+        return [child.process for child in self._children]
 
     def start(self) -> DecodeWorker:
-        """Fork the child (it starts reading at once)."""
+        """Fork the children (they start reading at once); none is left running if one cannot start."""
         context = multiprocessing.get_context("fork")
-        receive, send = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_child,
-            args=(send, os.getpid(), self.path, self.agent, self.batch_size),
-            name=f"lanterne-decode {self.path.name}",
-            daemon=True,
-        )
-        gc.freeze()  # before fork(): the child's collections never touch the pages it shares
+        # A pipe or a device can be read once only: one child then reads it, and hashes it too.
+        regular = self.path.is_file()
+        decoders = self.decoders if regular else 1
+        gc.freeze()  # before fork(): the children's collections never touch the pages they share
         try:
-            with warnings.catch_warnings():
-                # Python >= 3.12 warns when a process with threads forks (a progress bar's
-                # refresh thread, the daemon's pools): the child runs only this module's code,
-                # which takes none of their locks.
-                warnings.filterwarnings("ignore", message=r".*fork\(\)", category=DeprecationWarning)
-                self._process.start()
+            for number in range(decoders):
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_child,
+                    args=(send, os.getpid(), self.path, self.agent, Partition(number, decoders), not regular),
+                    name=f"lanterne-decode {self.path.name} {number + 1}/{decoders}",
+                    daemon=True,
+                )
+                try:
+                    with warnings.catch_warnings():
+                        # Python >= 3.12 warns when a process with threads forks (a progress
+                        # bar's refresh thread, the daemon's pools, the receivers of the shares
+                        # started before): the child runs only this module's code, which takes
+                        # none of their locks.
+                        warnings.filterwarnings("ignore", message=r".*fork\(\)", category=DeprecationWarning)
+                        process.start()
+                except BaseException:
+                    receive.close()
+                    raise
+                finally:
+                    send.close()
+                receiver = _Receiver(receive, f"{self.path.name} {number + 1}")
+                self._children.append(_Child(process, receive, receiver))
+                receiver.start()
+            if regular:
+                # The hash is this process's job: it has time while the children decode, they not.
+                self._hasher = FileHasher(self.path)
+                self._hasher.start()
         except BaseException:
-            receive.close()
-            self._process = None
+            self.close()
             raise
-        finally:
-            send.close()
-        self._receive = receive
-        self._receiver = _Receiver(receive, self.path.name)
-        self._receiver.start()
         return self
 
     def windows(
         self, index: Index, progress: Progress | None = None, decoded: Callable[[], None] | None = None
     ) -> Iterator[Window]:
-        """The windows of the file, in order, aggregated here (matched with ``index``) from the batches.
+        """The windows of the file, in order, aggregated here (matched with ``index``) from the shares.
 
-        ``result`` is set, and ``decoded`` called, when the child has sent its last batch (before
-        the last window is yielded: the caller may start decoding its next file while it writes
-        this one). Raises what the child raised (``OSError``, ``CaptureFormatError``...), or
-        ``DecoderDied``.
+        The shares' Observations are merged back into the file's order (by frame number), then
+        batched and aggregated as the one-process scan does it, so the windows are the same.
+        ``result`` is set, and ``decoded`` called, once every child has sent its last
+        Observations (before the last window is yielded: the caller may start decoding its next
+        file while it writes this one). Raises what a child raised (``OSError``,
+        ``CaptureFormatError``...), or ``DecoderDied``.
         """
-        receive = self._receiver
-        if receive is None:
+        if not self._children:
             raise RuntimeError("DecodeWorker.windows() before start()")
-        # As in the one-process scan (``Scanner._windows``): the same batches, hence the same windows.
+        shares = len(self._children)
+        buffered: list[list[tuple[int, Observation]]] = [[] for _ in range(shares)]
+        marks = [0] * shares
+        """Per share: every Observation still to come is of this frame number or a later one."""
+        ends: list[Decoded | None] = [None] * shares
         aggregator = Aggregator(index, max_keys=self.window_keys + self.batch_size)
-        while True:
-            try:
-                data = receive.get()
-                with collector_paused():
-                    message = pickle.loads(data)  # noqa: S301 - our own child, over a pipe
-                del data
-            except (EOFError, OSError) as exc:
-                self._process.join(timeout=5)
-                raise DecoderDied(
-                    f"the decoding process ended before the end of {self.path.name} "
-                    f"(exit code {self._process.exitcode})"
-                ) from exc
+        pending: list[Observation] = []
+        while any(end is None for end in ends):
+            # The share that holds the merge back is the one to hear from (the others wait in
+            # their bounded queues, then in their pipes: memory stays bounded).
+            share = min((number for number in range(shares) if ends[number] is None), key=marks.__getitem__)
+            message = self._receive(share)
             tag = message[0]
-            if tag == "error":
-                raise message[1]
-            if tag == "failed":  # an exception that does not pickle, sent as text
-                raise DecoderDied(message[1])
-            if progress is not None:
+            if progress is not None and share == 0:
                 progress(message[1])
             if tag == "batch":
+                marks[share] = message[2]
                 with collector_paused():
-                    batch = unpack(message[2])
-                aggregator.add_all(batch)
-                del batch
-                gc.freeze()
-                if len(aggregator) >= self.window_keys:
-                    yield aggregator.drain()
+                    buffered[share] += unpack(message[3])
             elif tag == "end":
-                self.result = message[2]
-                self.result.aggregate = aggregator.stats
-                if decoded is not None:
-                    decoded()
+                marks[share] = _NO_MORE
+                ends[share] = message[2]
+            pending += _release(buffered, min(marks))
+            if len(pending) >= self.batch_size:
+                yield from self._aggregate(aggregator, pending)
+        if pending:
+            aggregator.add_all(pending)
+            gc.freeze()
+            if len(aggregator) >= self.window_keys:
                 yield aggregator.drain()
-                return
+        first = ends[0]
+        assert first is not None
+        for other in ends[1:]:
+            assert other is not None
+            first.stats.add(other.stats, packets=False)
+        first.aggregate = aggregator.stats
+        if self._hasher is not None:
+            first.sha256 = self._hasher.hexdigest()
+        self.result = first
+        if decoded is not None:
+            decoded()
+        yield aggregator.drain()
+
+    def _aggregate(self, aggregator: Aggregator, pending: list[Observation]) -> Iterator[Window]:
+        """Aggregate the whole batches of ``pending`` (the rest stays), as the one-process scan does."""
+        size = self.batch_size
+        done = 0
+        while len(pending) - done >= size:
+            aggregator.add_all(pending[done : done + size])
+            done += size
+            gc.freeze()
+            if len(aggregator) >= self.window_keys:
+                yield aggregator.drain()
+        del pending[:done]
+
+    def _receive(self, share: int) -> tuple[Any, ...]:
+        """The next message of a share's child; raise what it reports, or ``DecoderDied``."""
+        child = self._children[share]
+        try:
+            data = child.receiver.get()
+        except (EOFError, OSError) as exc:
+            child.process.join(timeout=5)
+            raise DecoderDied(
+                f"the decoding process ended before the end of {self.path.name} "
+                f"(exit code {child.process.exitcode})"
+            ) from exc
+        with collector_paused():
+            message: tuple[Any, ...] = pickle.loads(data)  # noqa: S301 - our own child, over a pipe
+        if message[0] == "error":
+            raise message[1]
+        if message[0] == "failed":  # an exception that does not pickle, sent as text
+            raise DecoderDied(message[1])
+        return message
 
     def close(self) -> None:
-        """Stop the child if it still runs, and release the pipe (idempotent)."""
-        process = self._process
-        if process is not None:
-            if process.is_alive():
-                process.kill()
-            process.join()
-            process.close()
-            self._process = None
-        if self._receiver is not None:
-            self._receiver.stop()
-            self._receiver = None
-        if self._receive is not None:
-            self._receive.close()
-            self._receive = None
+        """Stop the children that still run, and release the pipes (idempotent)."""
+        children, self._children = self._children, []
+        if self._hasher is not None:
+            self._hasher.stop()
+            self._hasher = None
+        for child in children:
+            if child.process.is_alive():
+                child.process.kill()
+        for child in children:
+            child.process.join()
+            child.process.close()
+            child.receiver.stop()
+            child.connection.close()
 
     def __enter__(self) -> DecodeWorker:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+#: A frame number past every frame: the mark of a share that has sent everything.
+_NO_MORE: Final = 1 << 62
+
+
+def _release(buffered: list[list[tuple[int, Observation]]], bound: int) -> list[Observation]:
+    """Take the buffered Observations of frames before ``bound`` out of every share, in frame order."""
+    parts: list[list[tuple[int, Observation]]] = []
+    for number, items in enumerate(buffered):
+        if not items:
+            continue
+        cut = len(items) if bound >= _NO_MORE else bisect.bisect_left(items, bound, key=_frame)
+        if cut:
+            parts.append(items[:cut])
+            buffered[number] = items[cut:]
+    if not parts:
+        return []
+    if len(parts) == 1:
+        return [observation for _, observation in parts[0]]
+    return [observation for _, observation in heapq.merge(*parts, key=_frame)]
+
+
+def _frame(item: tuple[int, Observation]) -> int:
+    return item[0]
+
+
+@dataclass(slots=True)
+class _Child:
+    """A decoding process, the pipe it writes to, and the thread that reads it."""
+
+    process: Any
+    connection: Connection
+    receiver: _Receiver
 
 
 class _Receiver(threading.Thread):
@@ -394,26 +541,42 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(send: Connection, parent: int, path: Path, agent: str, batch_size: int) -> None:
-    """The decoding process: read, hash, decode; send the Observations in batches, then the result."""
+def _child(
+    send: Connection, parent: int, path: Path, agent: str, partition: Partition, hashing: bool
+) -> None:
+    """A decoding process: read the file (hashing it if asked), decode a share; send what it finds.
+
+    At each read of the file (a chunk), every Observation of the frames decoded so far has been
+    taken from the decoder: they go out with the number of frames read, which no later
+    Observation of this share can precede (the merge needs it, ``DecodeWorker.windows``).
+    """
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def put(message: tuple[Any, ...]) -> None:
         send.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
-    hasher = Hasher(path.name)
+    stats = DecodeStats()
+    found: list[tuple[int, Observation]] = []
+    hasher = Hasher(path.name) if hashing else None
+
+    def at_read(done: int) -> None:
+        put(("batch", done, stats.packets, pack(found)))
+        found.clear()
+
     try:
-        stats = DecodeStats()
         with open(path, "rb") as handle, old_objects_frozen():
-            hasher.start()
-            reader = Reader(handle, lambda done: put(("progress", done)), hasher)
-            observations = decode_stream(cast(BinaryIO, reader), agent=agent, source="pcap", stats=stats)
-            for batch in batches(observations, batch_size):
-                put(("batch", reader.done, pack(batch)))
+            if hasher is not None:
+                hasher.start()
+            reader = Reader(handle, at_read, hasher)
+            shares = decode_share(cast(BinaryIO, reader), partition, agent=agent, source="pcap", stats=stats)
+            for tagged in shares:
+                found += tagged
                 gc.freeze()
             reader.drain()
-            put(("end", reader.done, Decoded(hasher.hexdigest(), stats)))
+            at_read(reader.done)
+            digest = hasher.hexdigest() if hasher is not None else ""
+            put(("end", reader.done, Decoded(digest, stats)))
     except BrokenPipeError:  # the parent is gone: nobody to tell
         pass
     except BaseException as exc:  # every failure goes to the parent, which decides
@@ -425,38 +588,42 @@ def _child(send: Connection, parent: int, path: Path, agent: str, batch_size: in
             with contextlib.suppress(BrokenPipeError):
                 put(("failed", "".join(traceback.format_exception(exc)).strip()))
     finally:
-        hasher.stop()
+        if hasher is not None:
+            hasher.stop()
         send.close()
 
 
 Packed = list[tuple[Any, ...]]
-"""A batch of Observations as flat tuples of their fields (the endpoints' fields inlined)."""
+"""Observations with their frame numbers, as flat tuples of their fields (the endpoints' inlined)."""
 
 
-def pack(batch: list[Observation]) -> Packed:
-    """Observations as flat tuples: they pickle without a call per Observation or Endpoint."""
+def pack(tagged: list[tuple[int, Observation]]) -> Packed:
+    """Flat tuples: they pickle without a call per Observation or Endpoint."""
     return [
-        (ts, kind, value, *src, *dst, attrs, source, agent)
-        for ts, kind, value, src, dst, attrs, source, agent in batch
+        (frame, ts, kind, value, *src, *dst, attrs, source, agent)
+        for frame, (ts, kind, value, src, dst, attrs, source, agent) in tagged
     ]
 
 
-def unpack(packed: Packed) -> list[Observation]:
-    """The Observations ``pack`` flattened, rebuilt as they were (checked when they were made)."""
+def unpack(packed: Packed) -> list[tuple[int, Observation]]:
+    """What ``pack`` flattened, rebuilt as it was (the Observations were checked when made)."""
     new = tuple.__new__
     return [
-        new(
-            Observation,
-            (
-                ts,
-                kind,
-                value,
-                new(Endpoint, (sip, smac, sport)),
-                new(Endpoint, (dip, dmac, dport)),
-                attrs,
-                source,
-                agent,
+        (
+            frame,
+            new(
+                Observation,
+                (
+                    ts,
+                    kind,
+                    value,
+                    new(Endpoint, (sip, smac, sport)),
+                    new(Endpoint, (dip, dmac, dport)),
+                    attrs,
+                    source,
+                    agent,
+                ),
             ),
         )
-        for ts, kind, value, sip, smac, sport, dip, dmac, dport, attrs, source, agent in packed
+        for frame, ts, kind, value, sip, smac, sport, dip, dmac, dport, attrs, source, agent in packed
     ]

@@ -122,8 +122,12 @@ class Scanner:
         pseudonymiser: Pseudonymiser | None = None,
         flush_at: int = FLUSH_AT,
         parallel: bool | None = None,
+        decoders: int | None = None,
     ) -> None:
-        """``parallel``: decode in a forked process beside the writer (None: for big files, on two cores)."""
+        """``parallel``: decode in forked processes beside the writer (None: for big files, on two cores).
+
+        ``decoders``: how many (default: ``agent._decoding.default_decoders``).
+        """
         self.store = store
         self.index = index
         self.site = site
@@ -131,6 +135,7 @@ class Scanner:
         self.pseudonymiser = pseudonymiser
         self.flush_at = flush_at
         self.parallel = parallel
+        self.decoders = decoders
 
     def scan(
         self,
@@ -174,7 +179,7 @@ class Scanner:
                     report.seconds = time.perf_counter() - started
                     return report
         if worker is None and use_worker(path, self.parallel):
-            worker = DecodeWorker(path, agent=self.agent, flush_at=self.flush_at)
+            worker = DecodeWorker(path, agent=self.agent, flush_at=self.flush_at, decoders=self.decoders)
             workers.append(worker)
             try:
                 worker.start()

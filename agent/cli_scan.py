@@ -133,6 +133,18 @@ def scan(
             show_default=False,
         ),
     ] = None,
+    decoders: Annotated[
+        int | None,
+        typer.Option(
+            "--decoders",
+            envvar="LANTERNE_DECODERS",
+            min=1,
+            max=64,
+            help="Processes decoding each large file, each its share of the address pairs "
+            "(default: one per CPU but one, 4 at most).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", envvar="LANTERNE_JSON", help="Also print the summary as JSON on stdout.")
     ] = False,
@@ -140,7 +152,9 @@ def scan(
     """Ingest captures: observe, match, store, reconcile; print a summary."""
     agent_name = agent or default_agent_name()
     with ExitStack() as workers:
-        prefetch = _Prefetch(files, workers, agent=agent_name, flush_keys=flush_keys, parallel=parallel)
+        prefetch = _Prefetch(
+            files, workers, agent=agent_name, flush_keys=flush_keys, parallel=parallel, decoders=decoders
+        )
         # Before the catalogue loads and the store is imported: the child decodes meanwhile (only
         # this process matches and writes).
         prefetch(0)
@@ -160,6 +174,7 @@ def scan(
             progress=progress,
             flush_keys=flush_keys,
             parallel=parallel,
+            decoders=decoders,
         )
     _print_summary(report)
     if as_json:
@@ -181,9 +196,17 @@ class _Prefetch:
     """
 
     def __init__(
-        self, files: list[Path], stack: ExitStack, *, agent: str, flush_keys: int, parallel: bool | None
+        self,
+        files: list[Path],
+        stack: ExitStack,
+        *,
+        agent: str,
+        flush_keys: int,
+        parallel: bool | None,
+        decoders: int | None,
     ) -> None:
         self.files = files
+        self.decoders = decoders
         self.stack = stack
         self.agent = agent
         self.flush_keys = flush_keys
@@ -198,7 +221,9 @@ class _Prefetch:
             or not use_worker(self.files[number], self.parallel)
         ):
             return
-        worker = DecodeWorker(self.files[number], agent=self.agent, flush_at=self.flush_keys)
+        worker = DecodeWorker(
+            self.files[number], agent=self.agent, flush_at=self.flush_keys, decoders=self.decoders
+        )
         try:
             self.started[number] = self.stack.enter_context(worker.start())
         except OSError:  # no process to be had (a limit, memory): the file is decoded in this one
@@ -222,6 +247,7 @@ def _scan_files(
     progress: bool | None,
     flush_keys: int,
     parallel: bool | None,
+    decoders: int | None,
 ) -> ScanReport:
     """Scan ``files`` into the store and reconcile them."""
     from agent._pipeline import FileScan, Scanner, ScanReport  # noqa: PLC0415 - see the imports
@@ -242,6 +268,7 @@ def _scan_files(
             pseudonymiser=pseudonymiser,
             flush_at=flush_keys,
             parallel=parallel,
+            decoders=decoders,
         )
         with _progress(files, progress) as bar:
             for number, path in enumerate(files):

@@ -8,7 +8,9 @@ Runs, in one process, on the 500,000-packet mixed capture of ``../shared/bench``
 - ``lanterne scan`` in a subprocess into a fresh SQLite file, then into a fresh PostgreSQL schema
   (wall and CPU time of the child and its decoding process from ``wait4``, and the peak RSS of
   both together, sampled);
-  the SQLite scan again with ``--no-parallel`` (decoding in the scanning process), for comparison;
+  the SQLite scan again with ``--no-parallel`` (decoding in the scanning process) and with
+  ``--decoders 2`` (two decoding processes, each half of the address pairs), for comparison;
+  tshark and the SQLite scans run interleaved, round after round;
 - the same scan in-process without the start-up (catalogue load, imports), to show the pipeline;
 - raw aggregated upserts (``store.upsert_observations``, 1,000-row batches) into SQLite and
   PostgreSQL.
@@ -335,31 +337,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks: list[tuple[str, bool, str]] = []
     with tempfile.TemporaryDirectory(prefix="lanterne-bench-") as tmp:
         directory = Path(tmp)
-        tshark = None
-        if shutil.which("tshark"):
-            tshark = best([bench_tshark(args.capture) for _ in range(args.tshark_repeat)])
-            runs.append(tshark)
-        scans = []
-        for i in range(args.repeat):
+        # Interleaved, one round after another: the machine's speed drifts (it is shared), and
+        # every variant then sees the same drift as the peer.
+        tsharks: list[Run] = []
+        scans: list[Run] = []
+        serial: list[Run] = []
+        two: list[Run] = []
+        for i in range(max(args.repeat, args.tshark_repeat)):
+            if i < args.tshark_repeat and shutil.which("tshark"):
+                tsharks.append(bench_tshark(args.capture))
+            if i >= args.repeat:
+                continue
             run, summary = bench_scan(
                 args.capture, f"sqlite:///{directory / f'scan{i}.db'}", "lanterne scan -> SQLite"
             )
             scans.append(run)
-        sqlite_scan = best(scans)
-        runs.append(sqlite_scan)
-        runs.append(
-            best(
-                [
-                    bench_scan(
-                        args.capture,
-                        f"sqlite:///{directory / f'serial{i}.db'}",
-                        "  (one process: --no-parallel)",
-                        "--no-parallel",
-                    )[0]
-                    for i in range(args.repeat)
-                ]
+            serial.append(
+                bench_scan(
+                    args.capture,
+                    f"sqlite:///{directory / f'serial{i}.db'}",
+                    "  (one process: --no-parallel)",
+                    "--no-parallel",
+                )[0]
             )
-        )
+            two.append(
+                bench_scan(
+                    args.capture,
+                    f"sqlite:///{directory / f'two{i}.db'}",
+                    "  (two decoding processes: --decoders 2)",
+                    "--decoders",
+                    "2",
+                )[0]
+            )
+        tshark = best(tsharks) if tsharks else None
+        if tshark is not None:
+            runs.append(tshark)
+        sqlite_scan = best(scans)
+        runs += [sqlite_scan, best(serial), best(two)]
         pg_scan = None
         pg_scans = []
         for _ in range(args.repeat):

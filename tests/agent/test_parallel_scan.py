@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,10 +57,14 @@ def index() -> Index:
     return load_index()
 
 
-def _scan_into(url: str, index: Index, paths: list[Path], *, parallel: bool, flush_at: int) -> list[Any]:
+def _scan_into(
+    url: str, index: Index, paths: list[Path], *, parallel: bool, flush_at: int, decoders: int | None = None
+) -> list[Any]:
     store = open_store(url)
     try:
-        scanner = Scanner(store, index, site="s", agent="a", flush_at=flush_at, parallel=parallel)
+        scanner = Scanner(
+            store, index, site="s", agent="a", flush_at=flush_at, parallel=parallel, decoders=decoders
+        )
         reports = [scanner.scan(path) for path in paths]
     finally:
         store.dispose()
@@ -72,9 +78,10 @@ def _corpus_sample() -> list[Path]:
     return [path for path in corpus_pcaps() if path.name in CORPUS_NAMES]
 
 
+@pytest.mark.parametrize("decoders", [1, 2, 3])
 @pytest.mark.parametrize("case", ["demo", "windows", "corpus"])
 def test_parallel_scan_stores_what_the_one_process_scan_stores(
-    case: str, index: Index, tmp_path: Path
+    case: str, decoders: int, index: Index, tmp_path: Path
 ) -> None:
     flush_at = 100_000
     if case == "demo":
@@ -82,7 +89,7 @@ def test_parallel_scan_stores_what_the_one_process_scan_stores(
     elif case == "windows":
         names = [f"host{i}.example.org" for i in range(80)] + ["chatgpt.com", "claude.ai"]
         paths = [capture(tmp_path / "w.pcap", packets=4000, clients=50, names=names, seed=7)]
-        flush_at = 97  # dozens of windows sent by the child, each written as it comes
+        flush_at = 97  # dozens of windows, each written as it comes
     else:
         paths = _corpus_sample()
         if not paths:
@@ -90,7 +97,7 @@ def test_parallel_scan_stores_what_the_one_process_scan_stores(
     one = f"sqlite:///{tmp_path / 'one.db'}"
     two = f"sqlite:///{tmp_path / 'two.db'}"
     serial = _scan_into(one, index, paths, parallel=False, flush_at=flush_at)
-    parallel = _scan_into(two, index, paths, parallel=True, flush_at=flush_at)
+    parallel = _scan_into(two, index, paths, parallel=True, flush_at=flush_at, decoders=decoders)
     assert parallel == serial
     if case == "windows":
         assert serial[0][2] > 10, "the case is meant to cross many windows"
@@ -160,21 +167,23 @@ def test_a_child_that_dies_rolls_its_file_back(
     index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = [f"h{i}.example.org" for i in range(50)]
-    path = capture(tmp_path / "d.pcap", packets=3000, clients=30, names=names, seed=9)
-    real = agent._decoding.decode_stream
+    path = capture(tmp_path / "d.pcap", packets=30_000, clients=30, names=names, seed=9)
+    real = agent._decoding.decode_share
 
-    def dying(*args: Any, **kwargs: Any) -> Iterator[Observation]:
-        for number, observation in enumerate(real(*args, **kwargs)):
-            if number == 2500:  # several windows sent already: the parent has written them
+    def dying(*args: Any, **kwargs: Any) -> Iterator[list[tuple[int, Observation]]]:
+        seen = 0
+        for tagged in real(*args, **kwargs):
+            seen += len(tagged)
+            if seen >= 12_000:  # several windows sent already: the parent has written them
                 os.kill(os.getpid(), signal.SIGKILL)
-            yield observation
+            yield tagged
 
-    monkeypatch.setattr(agent._decoding, "decode_stream", dying)  # the forked child inherits it
+    monkeypatch.setattr(agent._decoding, "decode_share", dying)  # the forked children inherit it
     url = f"sqlite:///{tmp_path / 'x.db'}"
     store = open_store(url)
     try:
         with pytest.raises(DecoderDied, match=r"exit code -9"):
-            Scanner(store, index, site="s", agent="a", flush_at=200, parallel=True).scan(path)
+            Scanner(store, index, site="s", agent="a", flush_at=200, parallel=True, decoders=2).scan(path)
     finally:
         store.dispose()
     empty = snapshot(url)
@@ -192,26 +201,27 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG and /proc are Linux's")
 def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
     fifo = tmp_path / "endless.pcap"
-    os.mkfifo(fifo)  # the child blocks reading it: only its parent's death can end it
+    os.mkfifo(fifo)  # the children block reading it: only their parent's death can end them
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
         "from agent._decoding import DecodeWorker\n"
-        f"worker = DecodeWorker(Path({str(fifo)!r}), agent='a').start()\n"
-        "print(worker._process.pid, flush=True)\n"
+        f"worker = DecodeWorker(Path({str(fifo)!r}), agent='a', decoders=2).start()\n"
+        "print(*(process.pid for process in worker.processes), flush=True)\n"
         "time.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
-        child = int(parent.stdout.readline())
-        assert _alive(child)
+        children = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(children) == 1, "a pipe is read by one child"
+        assert all(_alive(child) for child in children)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
+        while any(_alive(child) for child in children) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(child), "the decoding process outlived the scan that started it"
+        assert not any(_alive(child) for child in children), "a decoding process outlived its scan"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -222,10 +232,12 @@ def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
 
 def test_a_worker_closed_early_leaves_no_process(index: Index, tmp_path: Path) -> None:
     path = capture(tmp_path / "c.pcap", packets=500, clients=5, names=["chatgpt.com"], seed=4)
-    with DecodeWorker(path, agent="a").start() as worker:
-        pid = worker._process.pid
-    assert not _alive(pid)
+    with DecodeWorker(path, agent="a", decoders=3).start() as worker:
+        pids = [process.pid for process in worker.processes]
+    assert len(pids) == 3
+    assert not any(_alive(pid) for pid in pids)
     assert worker.result is None
+    assert worker.processes == []
 
 
 def test_no_process_to_be_had_means_decoding_in_this_one(
@@ -253,12 +265,12 @@ def test_the_child_decodes_on_while_a_window_is_being_written(index: Index, tmp_
     """Windows after the first: the child has sent every batch while the first one was 'written'."""
     names = [f"w{i}.example.org" for i in range(60)]
     path = capture(tmp_path / "slow.pcap", packets=2000, clients=20, names=names, seed=21)
-    with DecodeWorker(path, agent="a", flush_at=100).start() as worker:
+    with DecodeWorker(path, agent="a", flush_at=100, decoders=2).start() as worker:
         windows = worker.windows(index)
         first = next(windows)
-        process = worker._process
-        process.join(timeout=60)  # the writer is busy with ``first``: nothing reads the pipe now
-        assert process.exitcode == 0, "the child waited for the writer instead of decoding on"
+        for process in worker.processes:
+            process.join(timeout=60)  # the writer is busy with ``first``: nothing reads the pipes now
+            assert process.exitcode == 0, "a child waited for the writer instead of decoding on"
         rest = list(windows)
     assert len(rest) >= 5
     assert worker.result is not None
@@ -282,11 +294,14 @@ def test_observations_cross_the_pipe_unchanged() -> None:
         Observation(T0, "dhcp.hostname", "ward-3-pc", Endpoint(None, "00:1b:21:aa:bb:cc"), agent="a"),
         Observation(T0, "dns.query", "example.org", Endpoint("fe80::1"), Endpoint("ff02::fb", None, 5353)),
     ]
-    back = agent._decoding.unpack(pickle.loads(pickle.dumps(agent._decoding.pack(observations))))
-    assert back == observations
-    assert [type(item) for item in back] == [Observation] * 3
-    assert all(type(item.src) is Endpoint and type(item.dst) is Endpoint for item in back)
-    assert [item.kind for item in back] == [Kind.TLS_SNI, Kind.DHCP_HOSTNAME, Kind.DNS_QUERY]
+    tagged = list(enumerate(observations, start=41))
+    back = agent._decoding.unpack(pickle.loads(pickle.dumps(agent._decoding.pack(tagged))))
+    assert back == tagged
+    assert [frame for frame, _ in back] == [41, 42, 43]
+    back_observations = [item for _, item in back]
+    assert [type(item) for item in back_observations] == [Observation] * 3
+    assert all(type(item.src) is Endpoint and type(item.dst) is Endpoint for item in back_observations)
+    assert [item.kind for item in back_observations] == [Kind.TLS_SNI, Kind.DHCP_HOSTNAME, Kind.DNS_QUERY]
 
 
 def test_the_first_child_forks_before_the_catalogue_and_the_store_load(tmp_path: Path) -> None:
@@ -312,3 +327,22 @@ def test_the_first_child_forks_before_the_catalogue_and_the_store_load(tmp_path:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "0"]
     assert snapshot(url)["observations"] == 200
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
+def test_a_pipe_is_read_once_by_one_child_that_hashes_it(index: Index, tmp_path: Path) -> None:
+    """Only a regular file is read twice (decoders, hash): a pipe gives its bytes once."""
+    path = capture(tmp_path / "p.pcap", packets=2000, clients=40, names=["chatgpt.com", "x.org"], seed=8)
+    fifo = tmp_path / "p.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(path.read_bytes(),), daemon=True)
+    writer.start()
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    store = open_store(url)
+    try:
+        report = Scanner(store, index, site="s", agent="a", parallel=True, decoders=3).scan(fifo)
+    finally:
+        store.dispose()
+    writer.join(timeout=30)
+    assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (report.decode.packets, snapshot(url)["observations"]) == (2000, 2000)
