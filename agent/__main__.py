@@ -1,5 +1,5 @@
 """``python -m agent``: the same as the ``lanterne`` command."""
 
-from agent.cli import main
+from agent._entry import main
 
 main()

@@ -7,7 +7,6 @@ imports them).
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final, NoReturn
 
@@ -40,11 +39,6 @@ def fatal(message: str, *, tip: str | None = None, code: int = EXIT_USAGE) -> No
 def _escape(text: str) -> str:
     # Messages can quote hostile strings (host names, file contents): never let them be markup.
     return text.replace("[", r"\[")
-
-
-def default_agent_name() -> str:
-    """The agent name used when none is configured: this machine's short host name."""
-    return socket.gethostname().split(".")[0] or "lanterne"
 
 
 def default_db_url() -> str:

@@ -57,11 +57,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, BinaryIO, Final, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 from agent._window import AggregateStats, Aggregator, Window
 from collectors import DecodeStats, Endpoint, Observation, Partition, decode_share
-from fingerprints import Index
+
+if TYPE_CHECKING:
+    from fingerprints import Index
 
 #: Distinct keys per window before a scan flushes into its (still open) file transaction.
 FLUSH_AT: Final = 100_000

@@ -5,10 +5,10 @@ MAC, kind, value), plus the cached ``index.match``. Memory is bounded: beyond ``
 distinct keys (or ``max_evidence``, ``max_peers``) new keys are shed and counted, never stored;
 existing keys keep counting. A flood of random subdomains costs at most the bound.
 
-This module needs the decoder and the catalogue only, never the database: a scan's decoding
-process (``agent._decoding``) aggregates with it before SQLAlchemy is even imported, and
-hands the windows (``Window``, picklable) to the process that writes them
-(``agent._aggregate.StoreWriter``).
+This module imports the Observation record only (the catalogue is handed in), never the
+database: ``lanterne scan`` imports it before its decoding processes are forked
+(``agent._decoding``), and aggregates their Observations with it while SQLAlchemy loads; the
+windows go to ``agent._aggregate.StoreWriter``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from collectors import Kind, Observation
-from fingerprints import Evidence, Index
 
 if TYPE_CHECKING:
     from agent._identity import DhcpFacts, Span
+    from fingerprints import Evidence, Index
 
 Sighting = tuple[str | None, str | None]
 """(IP, MAC) as a packet showed them; either may be missing."""

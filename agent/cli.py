@@ -17,7 +17,8 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from agent._cli_common import EXIT_USAGE, AgentOption, default_agent_name, err
+from agent._cli_common import EXIT_USAGE, AgentOption, err
+from agent._host import default_agent_name
 from collectors import CaptureFormatError, DecodeStats, decode_file
 
 #: Every command but ``decode`` lives in its own module, imported only when that command runs (or

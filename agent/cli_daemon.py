@@ -27,7 +27,6 @@ from agent._cli_common import (
     AgentOption,
     DbOption,
     SiteOption,
-    default_agent_name,
     default_db_url,
     err,
     fatal,
@@ -43,6 +42,7 @@ from agent._config import (
 )
 from agent._daemon import Daemon, RunReport
 from agent._doctor import Status, run_checks
+from agent._host import default_agent_name
 from agent._logging import configure
 from collectors import Observation
 from collectors._bpf import FilterError

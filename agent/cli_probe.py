@@ -32,12 +32,12 @@ from agent._cli_common import (
     DbOption,
     PseudonymousOption,
     SiteOption,
-    default_agent_name,
     default_db_url,
     err,
     fatal,
     pseudonymiser_from_env,
 )
+from agent._host import default_agent_name
 from agent._probing import (
     MAX_HOSTS,
     ProbeConfig,

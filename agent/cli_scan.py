@@ -38,13 +38,14 @@ from agent._cli_common import (
     DbOption,
     PseudonymousOption,
     SiteOption,
-    default_agent_name,
     default_db_url,
     err,
     fatal,
     pseudonymiser_from_env,
 )
-from agent._decoding import FLUSH_AT, DecoderDied, DecodeWorker, use_worker
+from agent._decoding import FLUSH_AT, DecoderDied
+from agent._host import default_agent_name
+from agent._prefetch import Prefetch
 from collectors import CaptureFormatError
 from fingerprints import CatalogError, Index, default_index
 
@@ -152,7 +153,7 @@ def scan(
     """Ingest captures: observe, match, store, reconcile; print a summary."""
     agent_name = agent or default_agent_name()
     with ExitStack() as workers:
-        prefetch = _Prefetch(
+        prefetch = Prefetch(
             files, workers, agent=agent_name, flush_keys=flush_keys, parallel=parallel, decoders=decoders
         )
         # Before the catalogue loads and the store is imported: the child decodes meanwhile (only
@@ -188,55 +189,9 @@ def scan(
         raise typer.Exit(EXIT_FINDINGS)
 
 
-class _Prefetch:
-    """The decoding processes of the files to scan, each started before its file's turn.
-
-    The first one before the catalogue is loaded and the store imported; each next one as soon
-    as the previous file is decoded, so that it decodes while that file is written.
-    """
-
-    def __init__(
-        self,
-        files: list[Path],
-        stack: ExitStack,
-        *,
-        agent: str,
-        flush_keys: int,
-        parallel: bool | None,
-        decoders: int | None,
-    ) -> None:
-        self.files = files
-        self.decoders = decoders
-        self.stack = stack
-        self.agent = agent
-        self.flush_keys = flush_keys
-        self.parallel = parallel
-        self.started: dict[int, DecodeWorker] = {}
-
-    def __call__(self, number: int) -> None:
-        """Start the decoding process of file ``number`` if there is such a file and it needs one."""
-        if (
-            number >= len(self.files)
-            or number in self.started
-            or not use_worker(self.files[number], self.parallel)
-        ):
-            return
-        worker = DecodeWorker(
-            self.files[number], agent=self.agent, flush_at=self.flush_keys, decoders=self.decoders
-        )
-        try:
-            self.started[number] = self.stack.enter_context(worker.start())
-        except OSError:  # no process to be had (a limit, memory): the file is decoded in this one
-            worker.close()
-
-    def take(self, number: int) -> DecodeWorker | None:
-        """The decoding process started for file ``number``, if any (the scan closes it)."""
-        return self.started.pop(number, None)
-
-
 def _scan_files(
     files: list[Path],
-    prefetch: _Prefetch,
+    prefetch: Prefetch,
     index: Index,
     *,
     db: str | None,

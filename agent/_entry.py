@@ -1,0 +1,21 @@
+"""The ``lanterne`` console script: the CLI, with ``scan``'s decoding started before it loads.
+
+``lanterne scan`` forks its first file's decoding processes here, before typer, rich and the
+catalogue are imported and the command line is parsed (``agent._prefetch.speculate``): they
+decode while the rest starts up. Every other command goes straight to ``agent.cli``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    if sys.argv[1:2] == ["scan"]:
+        from agent._prefetch import speculate  # noqa: PLC0415 - only scan needs the decoder this early
+
+        speculate(sys.argv[2:])
+    from agent.cli import main as cli_main  # noqa: PLC0415 - after the fork, on purpose
+
+    cli_main()
