@@ -43,6 +43,7 @@ import ctypes
 import gc
 import hashlib
 import heapq
+import io
 import multiprocessing
 import os
 import pickle
@@ -170,6 +171,16 @@ class Reader:
         self._progress = progress
         self._feed = hasher.feed if hasher is not None else None
         self.done = 0
+
+    def fileno(self) -> int:
+        """The file's descriptor, to map it in memory; refused when the reads must be hashed."""
+        if self._feed is not None:
+            raise io.UnsupportedOperation("the reads of this file are hashed")
+        return self._handle.fileno()
+
+    def tell(self) -> int:
+        """Where the file is."""
+        return self._handle.tell()
 
     def read(self, size: int = -1) -> bytes:
         """Read like a file."""
@@ -561,9 +572,13 @@ def _child(
     stats = DecodeStats()
     found: list[tuple[int, Observation]] = []
     hasher = Hasher(path.name) if hashing else None
+    position = 0
 
     def at_read(done: int) -> None:
-        put(("batch", done, stats.packets, pack(found)))
+        # Called at each chunk: read (``Reader``) or, for a file mapped in memory, scanned.
+        nonlocal position
+        position = max(position, done)
+        put(("batch", position, stats.packets, pack(found)))
         found.clear()
 
     try:
@@ -571,14 +586,17 @@ def _child(
             if hasher is not None:
                 hasher.start()
             reader = Reader(handle, at_read, hasher)
-            shares = decode_share(cast(BinaryIO, reader), partition, agent=agent, source="pcap", stats=stats)
+            shares = decode_share(
+                cast(BinaryIO, reader), partition, agent=agent, source="pcap", stats=stats, chunk_done=at_read
+            )
             for tagged in shares:
                 found += tagged
                 gc.freeze()
-            reader.drain()
+            if hasher is not None:
+                reader.drain()
             at_read(reader.done)
             digest = hasher.hexdigest() if hasher is not None else ""
-            put(("end", reader.done, Decoded(digest, stats)))
+            put(("end", position, Decoded(digest, stats)))
     except BrokenPipeError:  # the parent is gone: nobody to tell
         pass
     except BaseException as exc:  # every failure goes to the parent, which decides

@@ -253,7 +253,11 @@ class Scanner:
                 hasher.start()
             source = Reader(handle, progress, hasher)
             observations = decode_stream(
-                cast(BinaryIO, source), agent=self.agent, source="pcap", stats=report.decode
+                cast(BinaryIO, source),
+                agent=self.agent,
+                source="pcap",
+                stats=report.decode,
+                chunk_done=progress,
             )
             for batch in batches(observations, batch_size):
                 aggregator.add_all(batch)

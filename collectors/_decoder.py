@@ -12,9 +12,13 @@ bug is counted too (and re-raised in ``strict`` mode, which the tests use) — n
 from __future__ import annotations
 
 import heapq
+import io
 import logging
+import mmap
+import os
 import re
 import socket
+import stat
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -77,6 +81,8 @@ PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
 
 UdpObserve = Callable[[bytes, PacketContext], list[Observation]]
+Frames = bytes | mmap.mmap
+"""Where frames are read: a chunk of a capture, or the whole capture file mapped in memory."""
 
 
 def _dns(payload: bytes, ctx: PacketContext) -> list[Observation]:
@@ -172,7 +178,7 @@ def _boring_pattern() -> re.Pattern[bytes]:
     return re.compile(b".{12}(?:\\x81\\x00..)?" + ipv4, re.DOTALL)
 
 
-def _never_boring(buf: bytes, pos: int, endpos: int) -> None:
+def _never_boring(buf: Frames, pos: int, endpos: int) -> None:
     """Other link types: every frame is decoded in full."""
 
 
@@ -293,7 +299,7 @@ class Decoder:
 
     # -- entry points ----------------------------------------------------------------------------
 
-    def feed(self, ts: float, linktype: int, buf: bytes, off: int, caplen: int) -> None:
+    def feed(self, ts: float, linktype: int, buf: Frames, off: int, caplen: int) -> None:
         """Decode one frame found at ``buf[off:off + caplen]``; observations go to ``self.out``."""
         self.stats.packets += 1
         end = off + caplen
@@ -457,7 +463,7 @@ class Decoder:
     def transport(
         self,
         ts: float,
-        buf: bytes,
+        buf: Frames,
         family: int,
         addr_off: int,
         addr_len: int,
@@ -557,7 +563,7 @@ class Decoder:
                     raise
                 self._parser_error(name)
 
-    def scan_pcap(self, buf: bytes, pos: int, limit: int, linktype: int, resolution: float) -> int:
+    def scan_pcap(self, buf: Frames, pos: int, limit: int, linktype: int, resolution: float) -> int:
         """Decode the complete little-endian pcap records in ``buf[pos:limit]``; return where the rest starts.
 
         The hot loop of file decoding. Most frames are bulk that can carry no Observation: one
@@ -663,7 +669,7 @@ class Decoder:
         self,
         ts: float,
         family: int,
-        buf: bytes,
+        buf: Frames,
         addr_off: int,
         addr_len: int,
         src_mac: bytes | None,
@@ -740,10 +746,14 @@ def decode_stream(
     source: str = "pcap",
     stats: DecodeStats | None = None,
     strict: bool = False,
+    chunk_done: Callable[[int], None] | None = None,
 ) -> Iterator[Observation]:
-    """Decode a pcap/pcapng stream, yielding Observations as they are found."""
+    """Decode a pcap/pcapng stream, yielding Observations as they are found.
+
+    ``chunk_done``: see ``decode_share`` (a file mapped in memory is not read: no progress else).
+    """
     decoder = Decoder(agent=agent, source=source, stats=stats, strict=strict)
-    for _ in _run(decoder, handle):
+    for _ in _run(decoder, handle, chunk_done):
         yield from decoder.flush()
 
 
@@ -755,20 +765,36 @@ def decode_share(
     source: str = "pcap",
     stats: DecodeStats | None = None,
     strict: bool = False,
+    chunk_done: Callable[[int], None] | None = None,
 ) -> Iterator[list[tuple[int, Observation]]]:
     """Decode one share of a pcap/pcapng stream: lists of (frame number, Observation), in order.
 
     Merged by frame number (``merge_shares``), the shares of a file give the Observations of
     ``decode_stream`` in its order, and their ``stats`` added up (``DecodeStats.add``) its counts.
     Every share reads and counts every frame (``packets``): the merged count takes one share's.
+    ``chunk_done``: for a pcap file mapped in memory (see ``_run``), called with the bytes
+    decoded so far before each next chunk, once every Observation before it was taken.
     """
     decoder = Decoder(agent=agent, source=source, stats=stats, strict=strict, partition=partition)
-    for _ in _run(decoder, handle):
+    for _ in _run(decoder, handle, chunk_done):
         yield decoder.flush_tagged()
 
 
-def _run(decoder: Decoder, handle: BinaryIO) -> Iterator[None]:
-    """Decode ``handle``, pausing whenever ``decoder.out`` holds Observations."""
+def _run(
+    decoder: Decoder, handle: BinaryIO, chunk_done: Callable[[int], None] | None = None
+) -> Iterator[None]:
+    """Decode ``handle``, pausing whenever ``decoder.out`` holds Observations.
+
+    A regular file holding a little-endian pcap is mapped in memory and scanned where it lies:
+    no chunk is copied (a sixth of the decoding time of a mostly-bulk capture). Anything else
+    (pcapng, a pipe, a file-like object) is read in chunks.
+    """
+    mapped = _mapped(handle)
+    if mapped is not None:
+        with mapped:
+            yield from _decode_pcap_mapped(decoder, mapped, chunk_done)
+        decoder.stats.streams_evicted += decoder.streams.evicted
+        return
     head = handle.read(24)
     try:
         if head[:4] in FAST_PCAP_MAGICS and len(head) == 24:
@@ -789,6 +815,48 @@ def _run(decoder: Decoder, handle: BinaryIO) -> Iterator[None]:
 
 #: Little-endian pcap (µs and ns): what libpcap writes on every common machine; read by the fast loop.
 FAST_PCAP_MAGICS: Final = {b"\xd4\xc3\xb2\xa1": 1e-6, b"\x4d\x3c\xb2\xa1": 1e-9}
+
+
+def _mapped(handle: BinaryIO) -> mmap.mmap | None:
+    """``handle`` mapped read-only when it is a regular file holding a fast-path pcap, at its start."""
+    try:
+        descriptor = handle.fileno()
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) or status.st_size < 24 or handle.tell() != 0:
+            return None
+        mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if mapped[:4] not in FAST_PCAP_MAGICS:
+        mapped.close()
+        return None
+    if hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+    return mapped
+
+
+def _decode_pcap_mapped(
+    decoder: Decoder, mapped: mmap.mmap, chunk_done: Callable[[int], None] | None
+) -> Iterator[None]:
+    """The fast pcap loop over a mapped file, ``CHUNK_SIZE`` bytes at a time (records never split)."""
+    resolution = FAST_PCAP_MAGICS[mapped[:4]]
+    linktype = int.from_bytes(mapped[20:24], "little") & 0x03FFFFFF
+    scan = decoder.scan_pcap
+    size = len(mapped)
+    pos = 24
+    while pos < size:
+        if chunk_done is not None:
+            chunk_done(pos)
+        end = scan(mapped, pos, min(pos + CHUNK_SIZE, size), linktype, resolution)
+        if decoder.out:
+            yield
+        if end == pos:  # not even one whole record before the end of the file
+            if decoder.counts_unowned:
+                decoder.stats.truncated_files += 1
+            break
+        pos = end
+    if chunk_done is not None:
+        chunk_done(size)
 
 
 def _decode_pcap_fast(decoder: Decoder, handle: BinaryIO, head: bytes) -> Iterator[None]:

@@ -1,7 +1,9 @@
 """Type stub of the optional C accelerator (collectors/_scan.c)."""
 
+from typing_extensions import Buffer
+
 def scan_pcap(
-    buf: bytes, pos: int, limit: int, port_pairs: dict[int, int], /
+    buf: Buffer, pos: int, limit: int, port_pairs: dict[int, int], /
 ) -> tuple[int, int, int, int]: ...
 def init_start_bytes(start_bytes: bytes, /) -> None: ...
 def ports_used() -> tuple[frozenset[int], frozenset[int]]: ...

@@ -107,3 +107,67 @@ def test_a_share_is_every_frame_between_its_address_pairs() -> None:
         owners = [number for number in range(3) if Partition(number, 3).owns(a, b)]
         assert len(owners) == 1
         assert Partition(owners[0], 3).owns(b, a)
+
+
+def _read(data: bytes) -> tuple[list[Observation], dict[str, object]] | str:
+    stats = DecodeStats()
+    try:
+        return list(decode_stream(io.BytesIO(data), agent="a", stats=stats)), stats.to_dict()
+    except CaptureFormatError as exc:
+        return f"error: {exc}"
+
+
+def _mapped(path: Path) -> tuple[list[Observation], dict[str, object]] | str:
+    stats = DecodeStats()
+    try:
+        with open(path, "rb") as handle:
+            return list(decode_stream(handle, agent="a", stats=stats)), stats.to_dict()
+    except CaptureFormatError as exc:
+        return f"error: {exc}"
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize("capture", corpus_pcaps(), ids=lambda p: p.relative_to(PCAP_DIR).as_posix())
+def test_a_capture_file_mapped_in_memory_decodes_as_read(capture: Path) -> None:
+    """Regular pcap files are scanned where they lie (mmap); the chunked reads give the same."""
+    assert _mapped(capture) == _read(capture.read_bytes())
+
+
+def test_files_mapped_in_memory_cut_short_or_across_chunks_decode_as_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collectors._decoder
+
+    data = DEMO.read_bytes()
+    monkeypatch.setattr(collectors._decoder, "CHUNK_SIZE", 4096)  # records straddle chunks
+    for name, content in (("whole", data), ("cut", data[: len(data) // 3 + 5]), ("head", data[:30])):
+        path = tmp_path / f"{name}.pcap"
+        path.write_bytes(content)
+        mapped, read = _mapped(path), _read(content)
+        assert mapped == read, name
+        assert not isinstance(mapped, str)
+        assert mapped[1]["truncated_files"] == (0 if name == "whole" else 1)
+
+
+def test_the_chunk_hook_marks_where_every_observation_before_it_was_taken(tmp_path: Path) -> None:
+    """What the scan's decoding processes rely on to merge their shares while they run."""
+    import collectors._decoder
+
+    path = tmp_path / "demo.pcap"
+    path.write_bytes(DEMO.read_bytes())
+    stats = DecodeStats()
+    marks: list[tuple[int, int, int]] = []
+    taken: list[int] = []
+
+    def chunk_done(done: int) -> None:
+        marks.append((done, stats.packets, len(taken)))
+
+    with open(path, "rb") as handle, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(collectors._decoder, "CHUNK_SIZE", 8192)
+        for chunk in decode_share(handle, Partition(0, 1), agent="a", stats=stats, chunk_done=chunk_done):
+            taken += [frame for frame, _ in chunk]
+    assert len(marks) > 10
+    assert marks[-1][0] == path.stat().st_size
+    for _done, frames, count in marks:
+        assert all(frame < frames for frame in taken[:count])
+        assert all(frame >= frames for frame in taken[count:])
