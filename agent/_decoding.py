@@ -5,15 +5,16 @@ matching them (windows of distinct keys), and writing the windows into one trans
 machine with two cores or more, ``DecodeWorker`` forks children that read the file and decode
 it, each its share of the address pairs (``collectors.Partition``: the decoder's state is per
 address pair, so the shares need nothing from each other), and send their Observations, with
-the number of the frame of each, through pipes. This process merges them back into the file's
-order, aggregates them into windows while the children decode on, and hashes the file. The
-Observations, hence the batches and the windows, are exactly those of the scan that decodes in
-its own process (``flush_at`` keys, then the rest), so the stored result is the same
-(``tests/agent/test_parallel_scan.py``, and ``tests/collectors/test_shares.py`` for the merge on
-every corpus capture). The children send Observations rather than windows because a file's
-last window can only be written once the whole file is decoded: aggregating it here, as the
-Observations arrive, leaves nothing but the write after the decoding. (A window costs its
-identity resolution whatever its size, so windows are not made smaller.)
+the number of the frame of each, through pipes; the first one also hashes the file, where it
+lies, in a thread. This process merges them back into the file's order and aggregates them
+into windows while the children decode on. The Observations, hence the batches and the
+windows, are exactly those of the scan that decodes in its own process (``flush_at`` keys,
+then the rest), so the stored result is the same (``tests/agent/test_parallel_scan.py``, and
+``tests/collectors/test_shares.py`` for the merge on every corpus capture). The children send
+Observations rather than windows because a file's last window can only be written once the
+whole file is decoded: aggregating it here, as the Observations arrive, leaves nothing but the
+write after the decoding. (A window costs its identity resolution whatever its size, so
+windows are not made smaller.)
 
 What else runs beside the decoding:
 
@@ -44,6 +45,7 @@ import gc
 import hashlib
 import heapq
 import io
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -141,13 +143,23 @@ class FileHasher(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        """Read and hash the file (reads and hashlib release the GIL on these blocks)."""
+        """Hash the file where it lies (mapped in memory: nothing copied; hashlib lets go of the GIL)."""
         try:
             with open(self.path, "rb") as handle:
-                while not self._stopped.is_set() and (block := handle.read(READ_SIZE)):
-                    self._hasher.update(block)
-        except OSError as exc:
-            self._error = exc
+                size = os.fstat(handle.fileno()).st_size
+                if size == 0:
+                    return
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    if hasattr(mapped, "madvise"):
+                        mapped.madvise(mmap.MADV_SEQUENTIAL)
+                    with memoryview(mapped) as view:
+                        for start in range(0, size, READ_SIZE):
+                            if self._stopped.is_set():
+                                return
+                            with view[start : start + READ_SIZE] as block:
+                                self._hasher.update(block)
+        except (OSError, ValueError) as exc:
+            self._error = exc if isinstance(exc, OSError) else OSError(str(exc))
 
     def hexdigest(self) -> str:
         """Wait for the whole file; its digest (raises the ``OSError`` that stopped the reading)."""
@@ -255,9 +267,9 @@ def parallel_available() -> bool:
 def default_decoders() -> int:
     """Decoding processes per file: one per CPU but the writer's, ``MAX_DECODERS`` at most.
 
-    On two cores a second decoder made the decoding no faster (``bench/bench_scan.py``): the
-    writer aggregates and hashes while the file is decoded, and every decoder reads the whole
-    file, so the cores were full already.
+    On two cores a second decoder made the scan no faster, measured (``bench/bench_scan.py``):
+    the writer starts up and aggregates while the file is decoded, and the first decoder hashes
+    it, so both cores were busy already.
     """
     return max(1, min(usable_cpus() - 1, MAX_DECODERS))
 
@@ -308,7 +320,6 @@ class DecodeWorker:
         self.decoders = max(1, decoders if decoders is not None else default_decoders())
         self.result: Decoded | None = None
         self._children: list[_Child] = []
-        self._hasher: FileHasher | None = None
 
     @property
     def processes(self) -> list[Any]:
@@ -327,7 +338,7 @@ class DecodeWorker:
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(
                     target=_child,
-                    args=(send, os.getpid(), self.path, self.agent, Partition(number, decoders), not regular),
+                    args=(send, os.getpid(), self.path, self.agent, Partition(number, decoders), regular),
                     name=f"lanterne-decode {self.path.name} {number + 1}/{decoders}",
                     daemon=True,
                 )
@@ -347,10 +358,6 @@ class DecodeWorker:
                 receiver = _Receiver(receive, f"{self.path.name} {number + 1}")
                 self._children.append(_Child(process, receive, receiver))
                 receiver.start()
-            if regular:
-                # The hash is this process's job: it has time while the children decode, they not.
-                self._hasher = FileHasher(self.path)
-                self._hasher.start()
         except BaseException:
             self.close()
             raise
@@ -406,8 +413,6 @@ class DecodeWorker:
             assert other is not None
             first.stats.add(other.stats, packets=False)
         first.aggregate = aggregator.stats
-        if self._hasher is not None:
-            first.sha256 = self._hasher.hexdigest()
         self.result = first
         if decoded is not None:
             decoded()
@@ -447,9 +452,6 @@ class DecodeWorker:
     def close(self) -> None:
         """Stop the children that still run, and release the pipes (idempotent)."""
         children, self._children = self._children, []
-        if self._hasher is not None:
-            self._hasher.stop()
-            self._hasher = None
         for child in children:
             if child.process.is_alive():
                 child.process.kill()
@@ -555,13 +557,17 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _child(
-    send: Connection, parent: int, path: Path, agent: str, partition: Partition, hashing: bool
+    send: Connection, parent: int, path: Path, agent: str, partition: Partition, regular: bool
 ) -> None:
-    """A decoding process: read the file (hashing it if asked), decode a share; send what it finds.
+    """A decoding process: read the file, decode a share; send what it finds. The first hashes it.
 
-    At each read of the file (a chunk), every Observation of the frames decoded so far has been
-    taken from the decoder: they go out with the number of frames read, which no later
-    Observation of this share can precede (the merge needs it, ``DecodeWorker.windows``).
+    A regular file is hashed by a thread where it lies (``FileHasher``); a pipe, read once, is
+    hashed as it is read.
+
+    At each chunk of the file (read, or scanned where it is mapped), every Observation of the
+    frames decoded so far has been taken from the decoder: they go out with the number of frames
+    read, which no later Observation of this share can precede (the merge needs it,
+    ``DecodeWorker.windows``).
     """
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -571,7 +577,9 @@ def _child(
 
     stats = DecodeStats()
     found: list[tuple[int, Observation]] = []
-    hasher = Hasher(path.name) if hashing else None
+    first = partition.number == 0
+    hasher = Hasher(path.name) if first and not regular else None
+    file_hasher = FileHasher(path) if first and regular else None
     position = 0
 
     def at_read(done: int) -> None:
@@ -585,6 +593,8 @@ def _child(
         with open(path, "rb") as handle, old_objects_frozen():
             if hasher is not None:
                 hasher.start()
+            if file_hasher is not None:
+                file_hasher.start()
             reader = Reader(handle, at_read, hasher)
             shares = decode_share(
                 cast(BinaryIO, reader), partition, agent=agent, source="pcap", stats=stats, chunk_done=at_read
@@ -595,7 +605,11 @@ def _child(
             if hasher is not None:
                 reader.drain()
             at_read(reader.done)
-            digest = hasher.hexdigest() if hasher is not None else ""
+            digest = ""
+            if hasher is not None:
+                digest = hasher.hexdigest()
+            elif file_hasher is not None:
+                digest = file_hasher.hexdigest()
             put(("end", position, Decoded(digest, stats)))
     except BrokenPipeError:  # the parent is gone: nobody to tell
         pass
@@ -610,6 +624,8 @@ def _child(
     finally:
         if hasher is not None:
             hasher.stop()
+        if file_hasher is not None:
+            file_hasher.stop()
         send.close()
 
 
