@@ -20,13 +20,14 @@ What else runs beside the decoding:
 
 - for the first file, the writer's start-up: the children are forked, never spawned, so they
   inherit the imported decoder and start at once; they need neither the catalogue, nor
-  SQLAlchemy, nor the database, and this module imports nothing that does (``agent._window``,
-  ``collectors``, ``fingerprints``), so ``lanterne scan`` forks them first, and the catalogue,
-  SQLAlchemy, the migration check and the first statements load while they decode;
+  SQLAlchemy, nor the database, and this module imports none of them (``agent._window`` and
+  ``collectors`` only), so ``lanterne scan`` forks them first (``agent._prefetch``), and the
+  CLI, the catalogue, SQLAlchemy, the migration check and the first statements load while
+  they decode;
 - for the next files, the previous file's write: the next children start as soon as the
   previous ones have sent their last Observations (``windows(decoded=...)``);
 - within a file larger than one window, the writing of window *n* and the decoding of what
-  follows (a thread per child receives meanwhile, ``RECEIVE_BACKLOG`` messages at most).
+  follows (a thread per child receives meanwhile, ``RECEIVE_BACKLOG_BYTES`` at most).
 
 A child touches no inherited connection and leaves through ``os._exit`` (multiprocessing's fork
 start), so it never closes the parent's database sessions. It dies with its parent
@@ -39,6 +40,7 @@ transaction is rolled back like any failed file.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import ctypes
 import gc
@@ -78,8 +80,9 @@ PARALLEL_MIN_BYTES: Final = 8 << 20
 BATCH: Final = 4096
 #: Bytes read at once where the pipeline reads a file itself (the decoder reads its own chunks).
 READ_SIZE: Final = 1 << 22
-#: Batches received ahead of the aggregation at most (while a window is written): about 0.5 MB each.
-RECEIVE_BACKLOG: Final = 64
+#: Bytes of messages received ahead of the aggregation at most (the decoding processes of a file
+#: share them).
+RECEIVE_BACKLOG_BYTES: Final = 64 << 20
 #: Chunks read ahead of the hashing thread at most: bounds the memory they hold.
 _HASH_BACKLOG: Final = 8
 _PR_SET_PDEATHSIG: Final = 1
@@ -355,7 +358,8 @@ class DecodeWorker:
                     raise
                 finally:
                     send.close()
-                receiver = _Receiver(receive, f"{self.path.name} {number + 1}")
+                name = f"{self.path.name} {number + 1}"
+                receiver = _Receiver(receive, name, RECEIVE_BACKLOG_BYTES // decoders)
                 self._children.append(_Child(process, receive, receiver))
                 receiver.start()
         except BaseException:
@@ -503,45 +507,62 @@ class _Child:
 
 
 class _Receiver(threading.Thread):
-    """Reads the child's messages into a bounded queue, so that it decodes on while a window is written.
+    """Reads a child's messages as they come, so that it decodes on while this process is busy.
 
-    The pipe itself holds a fraction of one batch: without this thread the child would wait for
-    each write to end. ``RECEIVE_BACKLOG`` batches bound what waits here.
+    The pipe itself holds a fraction of one message: without this thread a child would wait for
+    each window write, and for the writer's start-up at the beginning of a scan. Messages are
+    bounded in bytes (``RECEIVE_BACKLOG_BYTES``), not in number: most chunks of a capture are
+    bulk and their messages nearly empty.
     """
 
-    def __init__(self, connection: Connection, name: str) -> None:
+    def __init__(self, connection: Connection, name: str, limit: int) -> None:
+        """``limit``: bytes held at most (one message more may arrive while it is reached)."""
         super().__init__(name=f"receive {name}", daemon=True)
         self._connection = connection
-        self._messages: queue.Queue[bytes | BaseException] = queue.Queue(RECEIVE_BACKLOG)
-        self._stopped = threading.Event()
+        self._limit = limit
+        self._messages: collections.deque[bytes | BaseException] = collections.deque()
+        self._held = 0
+        self._changed = threading.Condition()
+        self._stopped = False
 
     def run(self) -> None:
         """Receive until the child closes its end (or ``stop``)."""
-        while not self._stopped.is_set():
+        while True:
             item: bytes | BaseException
             try:
                 item = self._connection.recv_bytes()
             except (EOFError, OSError) as exc:
                 item = exc
-            while not self._stopped.is_set():
-                try:
-                    self._messages.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            size = len(item) if isinstance(item, bytes) else 0
+            with self._changed:
+                while self._held > self._limit and not self._stopped:
+                    self._changed.wait()
+                if self._stopped:
+                    return
+                self._messages.append(item)
+                self._held += size
+                self._changed.notify_all()
             if isinstance(item, BaseException):
                 return
 
     def get(self) -> bytes:
         """The next message; raises ``EOFError`` or ``OSError`` when the pipe ended before it."""
-        item = self._messages.get()
+        with self._changed:
+            while not self._messages:
+                self._changed.wait()
+            item = self._messages.popleft()
+            if isinstance(item, bytes):
+                self._held -= len(item)
+            self._changed.notify_all()
         if isinstance(item, BaseException):
             raise item
         return item
 
     def stop(self) -> None:
         """Stop waiting to hand over messages (the connection is closed by the worker, after)."""
-        self._stopped.set()
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
         self.join(timeout=5)
 
 
