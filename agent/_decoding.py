@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 from agent._window import AggregateStats, Aggregator, Window
 from collectors import DecodeStats, Endpoint, Observation, Partition, decode_share
+from collectors._decoder import release_pages
 
 if TYPE_CHECKING:
     from fingerprints import Index
@@ -161,6 +162,7 @@ class FileHasher(threading.Thread):
                                 return
                             with view[start : start + READ_SIZE] as block:
                                 self._hasher.update(block)
+                            release_pages(mapped, start, start + READ_SIZE)
         except (OSError, ValueError) as exc:
             self._error = exc if isinstance(exc, OSError) else OSError(str(exc))
 
