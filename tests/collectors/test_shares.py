@@ -171,3 +171,35 @@ def test_the_chunk_hook_marks_where_every_observation_before_it_was_taken(tmp_pa
     for _done, frames, count in marks:
         assert all(frame < frames for frame in taken[:count])
         assert all(frame >= frames for frame in taken[count:])
+
+
+def _resident_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total = 0
+    inside = False
+    with open("/proc/self/smaps", encoding="utf-8") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = fields[-1] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="/proc/self/smaps is Linux's")
+def test_scanned_pages_of_a_mapped_capture_are_let_go(tmp_path: Path) -> None:
+    """A capture mapped in memory must not stay resident as it is scanned (the scan's memory bound)."""
+    import mmap
+
+    from collectors._decoder import release_pages
+
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(range(256)) * (32 << 12))  # 8 MiB
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        pages = range(0, len(mapped), mmap.PAGESIZE)
+        assert all(mapped[offset + 7] == 7 for offset in pages), "every page read (resident now)"
+        assert _resident_kib(path) >= 7 << 10
+        release_pages(mapped, 0, len(mapped))
+        assert _resident_kib(path) < 1 << 10
+        assert mapped[12345] == 12345 % 256, "the pages come back from the page cache when read again"
