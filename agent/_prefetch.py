@@ -105,7 +105,10 @@ def speculate(argv: list[str]) -> None:
     """Fork the decoding processes of the first file of ``lanterne scan ARGV`` now, if it gets some."""
     global _speculated  # noqa: PLW0603 - one per process, handed over once (``adopt``)
     plan = plan_of(argv)
-    if plan is None or _speculated is not None or not use_worker(plan.path, plan.parallel):
+    # Only a regular file: a pipe read by processes that the scan would not adopt would lose data.
+    if plan is None or _speculated is not None or not plan.path.is_file():
+        return
+    if not use_worker(plan.path, plan.parallel):
         return
     worker = DecodeWorker(plan.path, agent=plan.agent, flush_at=plan.flush_keys, decoders=plan.decoders)
     try:

@@ -151,3 +151,11 @@ def test_a_usage_error_after_the_fork_leaves_no_process(tmp_path: Path) -> None:
     pids = [int(pid) for pid in done.stdout.split()]
     assert pids
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_nothing_is_speculated_on_a_pipe(tmp_path: Path) -> None:
+    """What a process reads from a pipe is gone: only the scan's own processes may read one."""
+    fifo = tmp_path / "p.fifo"
+    os.mkfifo(fifo)
+    agent._prefetch.speculate(["--parallel", str(fifo)])
+    assert agent._prefetch._speculated is None
