@@ -221,6 +221,22 @@ def batches(observations: Iterator[Observation], size: int) -> Iterator[list[Obs
         yield batch
 
 
+def full_windows(
+    observations: Iterator[Observation], aggregator: Aggregator, window_keys: int, batch_size: int
+) -> Iterator[Window]:
+    """Aggregate ``observations`` batch by batch; a window each time ``window_keys`` keys are held.
+
+    The one way a scan cuts a file into windows, wherever it is decoded: the same Observations
+    in the same order give the same windows. What is left at the end (the last window) stays in
+    ``aggregator`` for the caller to drain.
+    """
+    for batch in batches(observations, batch_size):
+        aggregator.add_all(batch)
+        gc.freeze()
+        if len(aggregator) >= window_keys:
+            yield aggregator.drain()
+
+
 @contextmanager
 def old_objects_frozen() -> Iterator[None]:
     """Keep the cyclic GC to young objects while a file is scanned (``gc.freeze`` each batch).
@@ -383,40 +399,12 @@ class DecodeWorker:
         """
         if not self._children:
             raise RuntimeError("DecodeWorker.windows() before start()")
-        shares = len(self._children)
-        buffered: list[list[tuple[int, Observation]]] = [[] for _ in range(shares)]
-        marks = [0] * shares
-        """Per share: every Observation still to come is of this frame number or a later one."""
-        ends: list[Decoded | None] = [None] * shares
         aggregator = Aggregator(index, max_keys=self.window_keys + self.batch_size)
-        pending: list[Observation] = []
-        while any(end is None for end in ends):
-            # The share that holds the merge back is the one to hear from (the others wait in
-            # their bounded queues, then in their pipes: memory stays bounded).
-            share = min((number for number in range(shares) if ends[number] is None), key=marks.__getitem__)
-            message = self._receive(share)
-            tag = message[0]
-            if progress is not None and share == 0:
-                progress(message[1])
-            if tag == "batch":
-                marks[share] = message[2]
-                with collector_paused():
-                    buffered[share] += unpack(message[3])
-            elif tag == "end":
-                marks[share] = _NO_MORE
-                ends[share] = message[2]
-            pending += _release(buffered, min(marks))
-            if len(pending) >= self.batch_size:
-                yield from self._aggregate(aggregator, pending)
-        if pending:
-            aggregator.add_all(pending)
-            gc.freeze()
-            if len(aggregator) >= self.window_keys:
-                yield aggregator.drain()
-        first = ends[0]
-        assert first is not None
-        for other in ends[1:]:
-            assert other is not None
+        ends: list[Decoded] = []
+        merged = self._merged(progress, ends)
+        yield from full_windows(merged, aggregator, self.window_keys, self.batch_size)
+        first, *others = ends
+        for other in others:
             first.stats.add(other.stats, packets=False)
         first.aggregate = aggregator.stats
         self.result = first
@@ -424,17 +412,29 @@ class DecodeWorker:
             decoded()
         yield aggregator.drain()
 
-    def _aggregate(self, aggregator: Aggregator, pending: list[Observation]) -> Iterator[Window]:
-        """Aggregate the whole batches of ``pending`` (the rest stays), as the one-process scan does."""
-        size = self.batch_size
-        done = 0
-        while len(pending) - done >= size:
-            aggregator.add_all(pending[done : done + size])
-            done += size
-            gc.freeze()
-            if len(aggregator) >= self.window_keys:
-                yield aggregator.drain()
-        del pending[:done]
+    def _merged(self, progress: Progress | None, ends: list[Decoded]) -> Iterator[Observation]:
+        """The children's Observations in the file's order; their results go to ``ends`` at the end."""
+        shares = len(self._children)
+        buffered: list[list[tuple[int, Observation]]] = [[] for _ in range(shares)]
+        marks = [0] * shares
+        """Per share: every Observation still to come is of this frame number or a later one."""
+        done: list[Decoded | None] = [None] * shares
+        while any(end is None for end in done):
+            # The share that holds the merge back is the one to hear from (the others wait in
+            # their bounded queues, then in their pipes: memory stays bounded).
+            share = min((number for number in range(shares) if done[number] is None), key=marks.__getitem__)
+            message = self._receive(share)
+            if progress is not None and share == 0:
+                progress(message[1])
+            if message[0] == "batch":
+                marks[share] = message[2]
+                with collector_paused():
+                    buffered[share] += unpack(message[3])
+            elif message[0] == "end":
+                marks[share] = _NO_MORE
+                done[share] = message[2]
+            yield from _release(buffered, min(marks))
+        ends += [end for end in done if end is not None]
 
     def _receive(self, share: int) -> tuple[Any, ...]:
         """The next message of a share's child; raise what it reports, or ``DecoderDied``."""

@@ -41,8 +41,8 @@ from agent._decoding import (
     Hasher,
     Progress,
     Reader,
-    batches,
     collector_paused,
+    full_windows,
     old_objects_frozen,
     sha256_of,
     use_worker,
@@ -259,11 +259,7 @@ class Scanner:
                 stats=report.decode,
                 chunk_done=progress,
             )
-            for batch in batches(observations, batch_size):
-                aggregator.add_all(batch)
-                gc.freeze()
-                if len(aggregator) >= self.flush_at:
-                    yield aggregator.drain()
+            yield from full_windows(observations, aggregator, self.flush_at, batch_size)
             if hasher is not None:
                 source.drain()
                 report.sha256 = hasher.hexdigest()
