@@ -96,12 +96,32 @@ class DecoderDied(Exception):
     """The decoding process ended without finishing its file (killed, or crashed)."""
 
 
-def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file, read on its own (a file whose content may be known already)."""
+def sha256_of(path: Path, stop: threading.Event | None = None) -> str:
+    """The SHA-256 of a file, on its own (a file whose content may be known already).
+
+    A regular file is hashed where it lies (mapped in memory: nothing copied, its pages let go
+    as it goes); anything else is read. ``stop``: checked between blocks, for a hash abandoned.
+    """
     hasher = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(READ_SIZE):
-            hasher.update(block)
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError):  # not a mappable file (a pipe, a device): read it
+            mapped = None
+        if mapped is None:
+            while not (stop is not None and stop.is_set()) and (data := handle.read(READ_SIZE)):
+                hasher.update(data)
+            return hasher.hexdigest()
+        if hasattr(mapped, "madvise"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        with mapped, memoryview(mapped) as view:
+            for start in range(0, size, READ_SIZE):
+                if stop is not None and stop.is_set():
+                    break
+                with view[start : start + READ_SIZE] as block:
+                    hasher.update(block)  # hashlib lets go of the GIL on large blocks
+                release_pages(mapped, start, start + READ_SIZE)
     return hasher.hexdigest()
 
 
@@ -137,41 +157,28 @@ class Hasher(threading.Thread):
 
 
 class FileHasher(threading.Thread):
-    """SHA-256 of a file, read and computed by a thread of its own (beside processes that decode it)."""
+    """``sha256_of`` a file, in a thread of its own (beside the decoding of that file)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(name=f"sha256 {path.name}", daemon=True)
         self.path = path
-        self._hasher = hashlib.sha256()
+        self._digest = ""
         self._error: OSError | None = None
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        """Hash the file where it lies (mapped in memory: nothing copied; hashlib lets go of the GIL)."""
+        """Hash the file."""
         try:
-            with open(self.path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size == 0:
-                    return
-                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    if hasattr(mapped, "madvise"):
-                        mapped.madvise(mmap.MADV_SEQUENTIAL)
-                    with memoryview(mapped) as view:
-                        for start in range(0, size, READ_SIZE):
-                            if self._stopped.is_set():
-                                return
-                            with view[start : start + READ_SIZE] as block:
-                                self._hasher.update(block)
-                            release_pages(mapped, start, start + READ_SIZE)
-        except (OSError, ValueError) as exc:
-            self._error = exc if isinstance(exc, OSError) else OSError(str(exc))
+            self._digest = sha256_of(self.path, self._stopped)
+        except OSError as exc:
+            self._error = exc
 
     def hexdigest(self) -> str:
         """Wait for the whole file; its digest (raises the ``OSError`` that stopped the reading)."""
         self.join()
         if self._error is not None:
             raise self._error
-        return self._hasher.hexdigest()
+        return self._digest
 
     def stop(self) -> None:
         """Stop reading (idempotent)."""

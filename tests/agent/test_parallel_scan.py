@@ -346,3 +346,17 @@ def test_a_pipe_is_read_once_by_one_child_that_hashes_it(index: Index, tmp_path:
     writer.join(timeout=30)
     assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (report.decode.packets, snapshot(url)["observations"]) == (2000, 2000)
+
+
+def test_a_file_is_hashed_where_it_lies_as_when_read(tmp_path: Path) -> None:
+    """``sha256_of`` maps regular files (several blocks here, the last one short) and reads the rest."""
+    data = os.urandom(2 * agent._decoding.READ_SIZE + 12345)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert agent._decoding.sha256_of(path) == hashlib.sha256(data).hexdigest()
+    assert agent._decoding.sha256_of(empty) == hashlib.sha256(b"").hexdigest()
+    hasher = agent._decoding.FileHasher(path)
+    hasher.start()
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
