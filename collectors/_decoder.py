@@ -288,7 +288,8 @@ class Decoder:
         self.quic = quic.QuicTracker()
         #: Use the C scan loop when it is built (tests turn it off to compare both paths).
         self.accelerated = True
-        self.partition = partition
+        #: The share whose ownership each frame is checked against: none when there is one share.
+        self.partition = partition if partition is not None and partition.count > 1 else None
         #: Whether this decoder counts what happens before a packet's addresses are known (one
         #: partition does: every decoder of a file reads every frame).
         self.counts_unowned = partition is None or partition.number == 0
@@ -660,8 +661,10 @@ class Decoder:
 
     def flush_tagged(self) -> list[tuple[int, Observation]]:
         """Hand over the observations decoded so far with the number of the frame of each."""
-        tags = self.tags if self.tags is not None else [self.index] * len(self.out)
-        return list(zip(tags, self.flush(), strict=True))
+        assert self.tags is not None, "only the decoder of a share numbers its frames"
+        tagged = list(zip(self.tags, self.out, strict=True))
+        self.out, self.tags = [], []
+        return tagged
 
     # -- helpers (off the hot path: only packets that reach a parser get here) --------------------
 
