@@ -60,14 +60,11 @@ def index() -> Index:
 def _scan_into(
     url: str, index: Index, paths: list[Path], *, parallel: bool, flush_at: int, decoders: int | None = None
 ) -> list[Any]:
-    store = open_store(url)
-    try:
+    with open_store(url) as store:
         scanner = Scanner(
             store, index, site="s", agent="a", flush_at=flush_at, parallel=parallel, decoders=decoders
         )
         reports = [scanner.scan(path) for path in paths]
-    finally:
-        store.dispose()
     return [
         (report.sha256, report.skipped, report.windows, report.shed, report.decode.to_dict())
         for report in reports
@@ -153,13 +150,10 @@ def test_the_childs_exception_reaches_the_scan_as_itself(index: Index, tmp_path:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     messages = []
     for parallel in (False, True):
-        store = open_store(url)
-        try:
+        with open_store(url) as store:
             with pytest.raises(CaptureFormatError) as caught:
                 Scanner(store, index, site="s", agent="a", parallel=parallel).scan(bad)
             messages.append(str(caught.value))
-        finally:
-            store.dispose()
     assert messages[0] == messages[1]
 
 
@@ -180,12 +174,8 @@ def test_a_child_that_dies_rolls_its_file_back(
 
     monkeypatch.setattr(agent._decoding, "decode_share", dying)  # the forked children inherit it
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    store = open_store(url)
-    try:
-        with pytest.raises(DecoderDied, match=r"exit code -9"):
-            Scanner(store, index, site="s", agent="a", flush_at=200, parallel=True, decoders=2).scan(path)
-    finally:
-        store.dispose()
+    with open_store(url) as store, pytest.raises(DecoderDied, match=r"exit code -9"):
+        Scanner(store, index, site="s", agent="a", flush_at=200, parallel=True, decoders=2).scan(path)
     empty = snapshot(url)
     assert (empty["endpoints"], empty["observation_rows"], empty["files"]) == (0, 0, [])
 
@@ -250,11 +240,8 @@ def test_no_process_to_be_had_means_decoding_in_this_one(
 
     monkeypatch.setattr(DecodeWorker, "start", refused)
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    store = open_store(url)
-    try:
+    with open_store(url) as store:
         report = Scanner(store, index, site="s", agent="a", parallel=True).scan(path)
-    finally:
-        store.dispose()
     assert (report.decode.packets, snapshot(url)["observations"]) == (300, 300)
     result = scan(str(path), "--db", str(tmp_path / "cli.db"), "--parallel")
     assert result.exit_code == 0, result.output
@@ -338,11 +325,8 @@ def test_a_pipe_is_read_once_by_one_child_that_hashes_it(index: Index, tmp_path:
     writer = threading.Thread(target=fifo.write_bytes, args=(path.read_bytes(),), daemon=True)
     writer.start()
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    store = open_store(url)
-    try:
+    with open_store(url) as store:
         report = Scanner(store, index, site="s", agent="a", parallel=True, decoders=3).scan(fifo)
-    finally:
-        store.dispose()
     writer.join(timeout=30)
     assert report.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (report.decode.packets, snapshot(url)["observations"]) == (2000, 2000)
