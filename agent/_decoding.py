@@ -45,7 +45,6 @@ import contextlib
 import ctypes
 import gc
 import hashlib
-import heapq
 import io
 import mmap
 import multiprocessing
@@ -61,11 +60,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from multiprocessing.connection import Connection
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 from agent._window import AggregateStats, Aggregator, Window
-from collectors import DecodeStats, Endpoint, Observation, Partition, decode_share
+from collectors import DecodeStats, Endpoint, Observation, Partition, decode_share, merge_shares
 from collectors._decoder import release_pages
 
 if TYPE_CHECKING:
@@ -485,25 +485,15 @@ class DecodeWorker:
 _NO_MORE: Final = 1 << 62
 
 
-def _release(buffered: list[list[tuple[int, Observation]]], bound: int) -> list[Observation]:
+def _release(buffered: list[list[tuple[int, Observation]]], bound: int) -> Iterator[Observation]:
     """Take the buffered Observations of frames before ``bound`` out of every share, in frame order."""
     parts: list[list[tuple[int, Observation]]] = []
     for number, items in enumerate(buffered):
-        if not items:
-            continue
-        cut = len(items) if bound >= _NO_MORE else bisect.bisect_left(items, bound, key=_frame)
+        cut = len(items) if bound >= _NO_MORE else bisect.bisect_left(items, bound, key=itemgetter(0))
         if cut:
             parts.append(items[:cut])
             buffered[number] = items[cut:]
-    if not parts:
-        return []
-    if len(parts) == 1:
-        return [observation for _, observation in parts[0]]
-    return [observation for _, observation in heapq.merge(*parts, key=_frame)]
-
-
-def _frame(item: tuple[int, Observation]) -> int:
-    return item[0]
+    return merge_shares(*parts)
 
 
 @dataclass(slots=True)
