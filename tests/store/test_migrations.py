@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from store import Base, alembic_config, current_revision, head_revision, make_engine, migrate
+from tests.store.dburl import temporary_database
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,7 +26,55 @@ def _differences(url: str) -> list[object]:
         engine.dispose()
 
 
+def _schema(url: str) -> dict[str, object]:
+    """Everything the inspector says of every table: columns, keys, indexes, constraints."""
+    engine = make_engine(url)
+    try:
+        inspector = inspect(engine)
+        return {
+            table: {
+                "columns": [
+                    (column["name"], str(column["type"]), column["nullable"], str(column.get("default")))
+                    for column in inspector.get_columns(table)
+                ],
+                "primary key": inspector.get_pk_constraint(table),
+                "foreign keys": sorted(map(repr, inspector.get_foreign_keys(table))),
+                "indexes": sorted(map(repr, inspector.get_indexes(table))),
+                "unique": sorted(map(repr, inspector.get_unique_constraints(table))),
+                "checks": sorted(map(repr, inspector.get_check_constraints(table))),
+            }
+            for table in sorted(inspector.get_table_names())
+        }
+    finally:
+        engine.dispose()
+
+
+def _upgrade_with_alembic(url: str) -> None:
+    """What ``migrate`` did for every database before it created new ones at head in one step."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
 def test_migrations_produce_exactly_the_models(db_url: str) -> None:
+    _upgrade_with_alembic(db_url)
+    engine = make_engine(db_url)
+    try:
+        assert current_revision(engine) == head_revision()
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert set(Base.metadata.tables) <= tables
+    assert _differences(db_url) == []
+
+
+def test_a_new_database_is_created_at_head_as_the_migrations_make_it(db_url: str, tmp_path: Path) -> None:
+    """``migrate`` creates an empty database from the models in one step: the same schema, same stamp."""
     engine = make_engine(db_url)
     try:
         assert current_revision(engine) is None
@@ -36,6 +85,10 @@ def test_migrations_produce_exactly_the_models(db_url: str) -> None:
         engine.dispose()
     assert set(Base.metadata.tables) <= tables
     assert _differences(db_url) == []
+    backend = "sqlite" if db_url.startswith("sqlite") else "postgresql"
+    with temporary_database(backend, tmp_path / "by-alembic") as migrated:
+        _upgrade_with_alembic(migrated)
+        assert _schema(migrated) == _schema(db_url)
 
 
 def test_downgrade_to_base_and_up_again(db_url: str) -> None:
