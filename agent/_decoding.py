@@ -6,7 +6,9 @@ machine with two cores or more, ``DecodeWorker`` forks children that read the fi
 it, each its share of the address pairs (``collectors.Partition``: the decoder's state is per
 address pair, so the shares need nothing from each other), and send their Observations, with
 the number of the frame of each, through pipes; the first one also hashes the file, where it
-lies, in a thread. This process merges them back into the file's order and aggregates them
+lies, in a thread of the lowest priority, and finishes the hash once it has sent its last
+Observations (only the file's commit needs the digest: the last window is written meanwhile).
+This process merges them back into the file's order and aggregates them
 into windows while the children decode on. The Observations, hence the batches and the
 windows, are exactly those of the scan that decodes in its own process (``flush_at`` keys,
 then the rest), so the stored result is the same (``tests/agent/test_parallel_scan.py``, and
@@ -103,26 +105,77 @@ def sha256_of(path: Path, stop: threading.Event | None = None) -> str:
     as it goes); anything else is read. ``stop``: checked between blocks, for a hash abandoned.
     """
     hasher = hashlib.sha256()
+    _hash_from(path, hasher, 0, stop)
+    return hasher.hexdigest()
+
+
+def _hash_from(path: Path, hasher: Any, start: int, stop: threading.Event | None = None) -> int:
+    """Feed ``hasher`` the file from byte ``start``; return where it stopped (its size if not stopped)."""
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         try:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size > start else None
         except (OSError, ValueError):  # not a mappable file (a pipe, a device): read it
             mapped = None
         if mapped is None:
+            if start:
+                handle.seek(start)
             while not (stop is not None and stop.is_set()) and (data := handle.read(READ_SIZE)):
                 hasher.update(data)
-            return hasher.hexdigest()
+                start += len(data)
+            return start
         if hasattr(mapped, "madvise"):
             mapped.madvise(mmap.MADV_SEQUENTIAL)
         with mapped, memoryview(mapped) as view:
-            for start in range(0, size, READ_SIZE):
+            while start < size:
                 if stop is not None and stop.is_set():
                     break
                 with view[start : start + READ_SIZE] as block:
                     hasher.update(block)  # hashlib lets go of the GIL on large blocks
                 release_pages(mapped, start, start + READ_SIZE)
-    return hasher.hexdigest()
+                start = min(size, start + READ_SIZE)
+    return start
+
+
+class FileHasher(threading.Thread):
+    """``sha256_of`` a file beside its decoding: a thread that takes only the CPU nobody else wants.
+
+    The thread runs at the lowest priority (nice 19, per thread on Linux): on a machine with as
+    many cores as decoders and writer, hashing beside them would slow them down, and only the
+    end of the scan needs the digest. ``hexdigest`` stops the thread where it got to and hashes
+    the rest in the calling thread, at that thread's priority (once the decoding is done).
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name=f"sha256 {path.name}", daemon=True)
+        self.path = path
+        self._hasher = hashlib.sha256()
+        self._done = 0
+        self._error: OSError | None = None
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        """Hash the file until it ends or the caller takes over."""
+        with contextlib.suppress(OSError, AttributeError):  # not Linux: an ordinary thread
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        try:
+            self._done = _hash_from(self.path, self._hasher, 0, self._stopped)
+        except OSError as exc:
+            self._error = exc
+
+    def hexdigest(self) -> str:
+        """The file's digest: the thread's part, then the rest here (raises the ``OSError`` of a read)."""
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        self._done = _hash_from(self.path, self._hasher, self._done)
+        return self._hasher.hexdigest()
+
+    def stop(self) -> None:
+        """Stop the thread where it got to (idempotent)."""
+        self._stopped.set()
+        if self.is_alive():
+            self.join()
 
 
 class Hasher(threading.Thread):
@@ -153,37 +206,6 @@ class Hasher(threading.Thread):
         """End the thread once it has hashed what it was fed (idempotent)."""
         if self.is_alive():
             self._blocks.put(None)
-            self.join()
-
-
-class FileHasher(threading.Thread):
-    """``sha256_of`` a file, in a thread of its own (beside the decoding of that file)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(name=f"sha256 {path.name}", daemon=True)
-        self.path = path
-        self._digest = ""
-        self._error: OSError | None = None
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        """Hash the file."""
-        try:
-            self._digest = sha256_of(self.path, self._stopped)
-        except OSError as exc:
-            self._error = exc
-
-    def hexdigest(self) -> str:
-        """Wait for the whole file; its digest (raises the ``OSError`` that stopped the reading)."""
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._digest
-
-    def stop(self) -> None:
-        """Stop reading (idempotent)."""
-        self._stopped.set()
-        if self.is_alive():
             self.join()
 
 
@@ -319,9 +341,8 @@ def use_worker(path: Path, parallel: bool | None) -> bool:
 
 @dataclass(slots=True)
 class Decoded:
-    """A file decoded in a child: its hash and decoding counts (sent), and the aggregation's (added here)."""
+    """A file decoded in children: their decoding counts (sent), and the aggregation's (added here)."""
 
-    sha256: str
     stats: DecodeStats = field(default_factory=DecodeStats)
     aggregate: AggregateStats = field(default_factory=AggregateStats)
 
@@ -329,8 +350,9 @@ class Decoded:
 class DecodeWorker:
     """One capture file decoded in forked children, one per share; the Observations merged into windows here.
 
-    Start it (``start``), iterate ``windows()`` to the end, then read ``result``; ``close`` (or
-    the context manager) stops the children that still run, whatever happened.
+    Start it (``start``), iterate ``windows()`` to the end, then read ``result`` and the file's
+    ``sha256()``; ``close`` (or the context manager) stops the children that still run, whatever
+    happened.
     """
 
     def __init__(
@@ -418,6 +440,19 @@ class DecodeWorker:
         if decoded is not None:
             decoded()
         yield aggregator.drain()
+
+    def sha256(self) -> str:
+        """The file's SHA-256, once ``windows()`` has ended (the first child sends it after its end).
+
+        Raises what the child raised while hashing (``OSError``), or ``DecoderDied``.
+        """
+        if self.result is None:
+            raise RuntimeError("DecodeWorker.sha256() before the end of windows()")
+        message = self._receive(0)
+        if message[0] != "digest":
+            raise DecoderDied(f"the decoding process sent {message[0]!r} instead of the digest")
+        digest: str = message[1]
+        return digest
 
     def _merged(self, progress: Progress | None, ends: list[Decoded]) -> Iterator[Observation]:
         """The children's Observations in the file's order; their results go to ``ends`` at the end."""
@@ -625,12 +660,13 @@ def _child(
             if hasher is not None:
                 reader.drain()
             at_read(reader.done)
-            digest = ""
+            # The end first: the writer aggregates and writes the last window while this
+            # process hashes what the low-priority thread left (only the commit needs it).
+            put(("end", position, Decoded(stats)))
             if hasher is not None:
-                digest = hasher.hexdigest()
+                put(("digest", hasher.hexdigest()))
             elif file_hasher is not None:
-                digest = file_hasher.hexdigest()
-            put(("end", position, Decoded(digest, stats)))
+                put(("digest", file_hasher.hexdigest()))
     except BrokenPipeError:  # the parent is gone: nobody to tell
         pass
     except BaseException as exc:  # every failure goes to the parent, which decides

@@ -207,7 +207,7 @@ class Scanner:
                     gc.freeze()
                 if worker is not None:
                     assert worker.result is not None, "windows() ends with the result"
-                    report.sha256 = worker.result.sha256
+                    report.sha256 = worker.sha256()
                     report.decode = worker.result.stats
                     aggregate = worker.result.aggregate
                 assert session is not None, "every file ends with a window, empty or not"

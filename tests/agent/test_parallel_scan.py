@@ -344,3 +344,23 @@ def test_a_file_is_hashed_where_it_lies_as_when_read(tmp_path: Path) -> None:
     hasher = agent._decoding.FileHasher(path)
     hasher.start()
     assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_the_hash_is_finished_by_whoever_asks_where_the_thread_stopped(tmp_path: Path) -> None:
+    """``FileHasher.hexdigest`` stops the low-priority thread wherever it is, and hashes the rest."""
+    data = os.urandom(3 * agent._decoding.READ_SIZE + 777)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    never_started = agent._decoding.FileHasher(path)
+    assert never_started.hexdigest() == expected
+    reached: list[int] = []
+    for _ in range(5):
+        hasher = agent._decoding.FileHasher(path)
+        hasher.start()
+        time.sleep(0.0005)
+        hasher.stop()
+        reached.append(hasher._done)
+        assert hasher.hexdigest() == expected
+        assert hasher.hexdigest() == expected  # asked again: the same, nothing hashed twice
+    assert all(0 <= done <= len(data) for done in reached)
