@@ -3,7 +3,8 @@
 Rows are merged by key in memory first: PostgreSQL refuses a statement that touches the same
 key twice (``ON CONFLICT DO UPDATE command cannot affect row a second time``) and SQLite would
 silently apply both, so a bug that only one database shows can never reach either. Then they go
-out in batches of ``BATCH_SIZE`` through one prepared statement each.
+out in batches of ``BATCH_SIZE`` through one prepared statement each. On SQLite, a batch is one
+statement of many ``VALUES`` rows, executed while a thread prepares the next one (``_MultiRow``).
 
 How each column merges with the stored row is declared per call: ``add`` (counts), ``least``
 and ``greatest`` (first and last seen), ``replace`` (the new value wins), ``newer`` (the new value
@@ -13,7 +14,12 @@ not roll the last attributes back). Other columns are written on insert only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import queue
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
@@ -26,6 +32,12 @@ from store._models import Agent, Base, Detection, Endpoint, EndpointAlias, Ident
 
 #: Rows per executed batch: big enough to amortise the round trip, small enough to stay in cache.
 BATCH_SIZE: Final = 1000
+#: Rows per multi-row statement on SQLite (fewer when the row is wide: SQLite bounds the
+#: parameters of a statement). Measured on 40,000 observations: 250 to 1,000 are alike.
+SQLITE_STATEMENT_ROWS: Final = 500
+#: Python's thread switch interval while a helper prepares the rows of the next statement: the
+#: thread that runs SQLite gets the interpreter back this soon after each statement (default 5 ms).
+_SWITCH_INTERVAL: Final = 0.0002
 
 _TABLES: Final = Base.metadata.tables
 OBSERVATIONS: Final = _TABLES[ObservationAggregate.__tablename__]
@@ -183,6 +195,11 @@ def execute_many(
     processed = [(i, process) for i, process in enumerate(processors) if process is not None]
     getter = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
     sql = compiled.string
+    if positional and dialect.name == "sqlite":
+        multi = _MultiRow.of(sql, len(names))
+        if multi is not None:
+            multi.run(connection, rows, names, processors)
+            return
     for start in range(0, len(rows), batch_size):
         # Rows to tuples, transposed to columns, processed, transposed back: C loops all along.
         params: list[Any] = list(map(getter, rows[start : start + batch_size]))
@@ -194,6 +211,116 @@ def execute_many(
         if not positional:
             params = [dict(zip(names, values, strict=True)) for values in params]
         connection.exec_driver_sql(sql, params)
+
+
+class _MultiRow:
+    """One upsert of many rows on SQLite: ``INSERT … VALUES (…), (…), … ON CONFLICT …``.
+
+    ``executemany`` binds and steps row by row, taking the interpreter's lock back at each row;
+    one statement of hundreds of rows is bound in one C loop and stepped once, and sqlite3 lets
+    go of the lock for the whole step. A helper thread therefore prepares the next statement's
+    parameters (bind processors: timestamps as text, JSON) while SQLite stores the current one,
+    on another core: 40,000 observations are written in two thirds of the time. The statement
+    is the single-row one with its ``VALUES`` group repeated: same columns, same conflict clause,
+    and rows never share a key (``merge_rows`` merged them), so the result is the same.
+    """
+
+    def __init__(self, head: str, group: str, tail: str, width: int) -> None:
+        self._head, self._group, self._tail, self.width = head, group, tail, width
+        self._sql: dict[int, str] = {}
+
+    @classmethod
+    def of(cls, sql: str, width: int) -> _MultiRow | None:
+        """The multi-row form of a compiled single-row ``INSERT … VALUES (?, …) …``; None if it is not one."""
+        head, values, rest = sql.partition(" VALUES ")
+        group = "(" + ", ".join(["?"] * width) + ")"
+        if not values or "?" in head or not rest.startswith(group) or "?" in rest[len(group) :]:
+            return None
+        return cls(head + values, group, rest[len(group) :], width)
+
+    def sql(self, rows: int) -> str:
+        """The statement for ``rows`` rows."""
+        text = self._sql.get(rows)
+        if text is None:
+            text = self._sql[rows] = self._head + ",".join([self._group] * rows) + self._tail
+        return text
+
+    def run(
+        self,
+        connection: Connection,
+        rows: Sequence[Mapping[str, Any]],
+        names: Sequence[str],
+        processors: Sequence[Callable[[Any], Any] | None],
+    ) -> None:
+        """Execute the statement for every row, in statements of ``SQLITE_STATEMENT_ROWS`` rows."""
+        width = self.width
+        getters = [itemgetter(name) for name in names]
+
+        def parameters(chunk: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+            # Column by column (C loops), interleaved into the statement's order by slices.
+            flat: list[Any] = [None] * (len(chunk) * width)
+            for i, (get, process) in enumerate(zip(getters, processors, strict=True)):
+                column = map(get, chunk)
+                flat[i::width] = list(map(process, column) if process is not None else column)
+            return tuple(flat)
+
+        getlimit = getattr(connection.connection.dbapi_connection, "getlimit", None)
+        limit = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit is not None else 999
+        per = max(1, min(SQLITE_STATEMENT_ROWS, limit // width))
+        chunks = [rows[start : start + per] for start in range(0, len(rows), per)]
+        if len(chunks) < 3:
+            for chunk in chunks:
+                connection.exec_driver_sql(self.sql(len(chunk)), parameters(chunk))
+            return
+        ready: queue.Queue[tuple[int, tuple[Any, ...]] | BaseException] = queue.Queue(2)
+        stop = threading.Event()
+
+        def prepare() -> None:
+            try:
+                for chunk in chunks:
+                    if stop.is_set():
+                        return
+                    ready.put((len(chunk), parameters(chunk)))
+            except BaseException as exc:  # handed to the thread that raises it
+                ready.put(exc)
+
+        helper = threading.Thread(target=prepare, name="upsert parameters", daemon=True)
+        with _fast_switching():
+            helper.start()
+            try:
+                for _ in chunks:
+                    item = ready.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    connection.exec_driver_sql(self.sql(item[0]), item[1])
+            finally:
+                stop.set()
+                while helper.is_alive():  # it may wait to put a statement nobody will run
+                    with contextlib.suppress(queue.Empty):
+                        ready.get(timeout=0.05)
+
+
+_switching_lock = threading.Lock()
+_switching_users = 0
+_switching_saved = 0.0
+
+
+@contextlib.contextmanager
+def _fast_switching() -> Iterator[None]:
+    """``_SWITCH_INTERVAL`` while at least one upsert of some thread runs; the previous one after."""
+    global _switching_users, _switching_saved  # noqa: PLW0603 - one interpreter-wide setting
+    with _switching_lock:
+        if _switching_users == 0:
+            _switching_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switching_saved, _SWITCH_INTERVAL))
+        _switching_users += 1
+    try:
+        yield
+    finally:
+        with _switching_lock:
+            _switching_users -= 1
+            if _switching_users == 0:
+                sys.setswitchinterval(_switching_saved)
 
 
 # -- the tables the aggregator writes ------------------------------------------------------------

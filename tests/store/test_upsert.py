@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from datetime import datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+import store._upsert
 from store import (
     BATCH_SIZE,
     Agent,
@@ -226,3 +231,115 @@ def test_merge_rows_without_a_database() -> None:
         {"k": 2, "n": 1, "first": 1, "last": 1, "v": "b"},
     ]
     assert rows[0] == {"k": 1, "n": 1, "first": 5, "last": 5, "v": "a"}  # the caller's rows are not changed
+
+
+# -- SQLite: many rows per statement, the next statement prepared by a thread ----------------------
+
+
+def _fold(rounds: list[list[dict[str, Any]]]) -> dict[tuple[int, str], tuple[Any, ...]]:
+    """What the observations table must hold after ``rounds`` of upserts (computed in Python)."""
+    expected: dict[tuple[int, str], tuple[Any, ...]] = {}
+    for rows in rounds:
+        for row in rows:
+            key = (row["endpoint_id"], row["value"])
+            old = expected.get(key)
+            new = (row["count"], row["first_seen"], row["last_seen"], row["attrs"], row["peer"])
+            if old is None:
+                expected[key] = new
+                continue
+            newest = new if row["last_seen"] >= old[2] else old
+            expected[key] = (old[0] + new[0], min(old[1], new[1]), max(old[2], new[2]), newest[3], newest[4])
+    return expected
+
+
+def test_many_statements_of_many_rows_give_what_one_row_at_a_time_gives(
+    db: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of rows in statements of 7 rows (the helper thread prepares hundreds of them)."""
+    monkeypatch.setattr(store._upsert, "SQLITE_STATEMENT_ROWS", 7)
+    helpers: list[str] = []
+    real_thread = threading.Thread
+
+    def thread(*args: Any, **kwargs: Any) -> threading.Thread:
+        helpers.append(kwargs.get("name", ""))
+        return real_thread(*args, **kwargs)
+
+    monkeypatch.setattr(store._upsert.threading, "Thread", thread)
+    interval = sys.getswitchinterval()
+    with db.write() as session:
+        eps = make_endpoints(session, *(f"00:00:00:00:01:{i:02x}" for i in range(30)))
+    rounds = [
+        [
+            obs_row(
+                eps[(i * 7 + shift) % 30],
+                f"h{i % 400}.example",
+                at(i % 97 + shift),
+                at(i % 89 + 100 + shift),
+                i % 5 + 1,
+                attrs={"n": i, "round": shift},
+                peer=f"192.0.2.{i % 250}",
+            )
+            for i in range(2500)
+        ]
+        for shift in (0, 3)
+    ]
+    for rows in rounds:
+        with db.write() as session:
+            upsert_observations(session, rows)
+    stored = {
+        key: (row.count, row.first_seen, row.last_seen, row.attrs, row.peer)
+        for key, row in _observations(db).items()
+    }
+    assert stored == _fold(rounds)
+    assert sys.getswitchinterval() == interval
+    # SQLite went through the multi-row statements and their helper (PostgreSQL: executemany).
+    if db.dialect == "sqlite":
+        assert len(helpers) >= len(rounds)  # the endpoints' 30 rows too: 5 statements
+        assert set(helpers) == {"upsert parameters"}
+    else:
+        assert helpers == []
+
+
+def test_a_failed_statement_stops_the_helper_and_rolls_back(
+    db: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store._upsert, "SQLITE_STATEMENT_ROWS", 5)
+    interval = sys.getswitchinterval()
+    threads = threading.active_count()
+    with db.write() as session:
+        (ep,) = make_endpoints(session, "00:11:22:33:44:55")
+    # The last rows name an endpoint that does not exist (a foreign key on both databases).
+    rows = [obs_row(ep if i < 180 else 999_999, f"h{i}.example", at(i), at(i)) for i in range(200)]
+    with pytest.raises(IntegrityError), db.write() as session:
+        upsert_observations(session, rows)
+    assert _observations(db) == {}
+    assert threading.active_count() == threads
+    assert sys.getswitchinterval() == interval
+
+
+def test_a_value_that_cannot_be_bound_is_raised_where_the_upsert_was_called(
+    db: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store._upsert, "SQLITE_STATEMENT_ROWS", 5)
+    threads = threading.active_count()
+    with db.write() as session:
+        (ep,) = make_endpoints(session, "00:11:22:33:44:55")
+    rows = [obs_row(ep, f"h{i}.example", at(i), at(i)) for i in range(100)]
+    rows[77]["attrs"] = {"not json": object()}
+    with pytest.raises(Exception, match="not JSON serializable"), db.write() as session:
+        upsert_observations(session, rows)
+    assert _observations(db) == {}
+    assert threading.active_count() == threads
+
+
+def test_the_multi_row_statement_is_the_single_row_one_repeated() -> None:
+    single = "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+    multi = store._upsert._MultiRow.of(single, 2)
+    assert multi is not None
+    assert multi.sql(3) == (
+        "INSERT INTO t (a, b) VALUES (?, ?),(?, ?),(?, ?) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+    )
+    # Anything else (another parameter after the values, a different width) keeps executemany.
+    assert store._upsert._MultiRow.of(single.replace("excluded.b", "?"), 2) is None
+    assert store._upsert._MultiRow.of(single, 3) is None
+    assert store._upsert._MultiRow.of("UPDATE t SET a = ?", 1) is None
