@@ -7,8 +7,11 @@ factory and ``write()``, the one way to open a transaction that writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +44,9 @@ SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 #: SQLite page cache per connection, in KiB: twice SQLite's default (large upserts measured no
 #: faster with more, and a daemon holds several connections under a memory cap).
 SQLITE_CACHE_KIB: Final = 4096
+#: WAL pages after which a commit checkpoints by itself (SQLite's default is 1,000): a safety net
+#: only, since ``Store.write`` has the WAL checkpointed beside, after each write (``_Checkpointer``).
+SQLITE_AUTOCHECKPOINT_PAGES: Final = 16384
 #: Any constant shared by every Lanterne process: PostgreSQL serialises migrations on it.
 _MIGRATION_LOCK: Final = 0x4C414E54  # "LANT"
 _SQLITE_BEGIN: Final = "lanterne_sqlite_begin"
@@ -145,6 +151,7 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
             cursor.execute("PRAGMA temp_store=MEMORY")
         finally:
             cursor.close()
@@ -266,6 +273,8 @@ class Store:
 
     engine: Engine
     sessions: sessionmaker[Session]
+    checkpointer: _Checkpointer | None = None
+    """SQLite in a file: the thread that copies the WAL into the database after each write."""
 
     @property
     def dialect(self) -> str:
@@ -293,9 +302,13 @@ class Store:
                 session.rollback()
                 raise
             session.commit()
+        if self.checkpointer is not None:
+            self.checkpointer.request()
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Stop the checkpoints and close every pooled connection."""
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.engine.dispose()
 
     def __enter__(self) -> Store:
@@ -322,4 +335,72 @@ def open_store(url: str | os.PathLike[str] | URL, *, upgrade: bool = True, echo:
         except BaseException:
             engine.dispose()
             raise
-    return Store(engine, sessionmaker(engine, expire_on_commit=False))
+    checkpointer = None
+    if engine.dialect.name == "sqlite" and not _is_memory(engine.url):
+        assert engine.url.database is not None
+        checkpointer = _Checkpointer(Path(engine.url.database).expanduser())
+    return Store(engine, sessionmaker(engine, expire_on_commit=False), checkpointer)
+
+
+class _Checkpointer:
+    """Checkpoints a SQLite WAL in a thread of its own, so that no commit waits for it.
+
+    At a commit that leaves the WAL longer than ``wal_autocheckpoint`` pages, SQLite copies the
+    WAL into the database file then and there, with its two syncs: 40 ms after the write of a
+    500,000-packet capture, longer on a slow disk. Here the commit only asks; a thread with its
+    own connection runs ``PRAGMA wal_checkpoint(PASSIVE)`` (it waits for no reader and blocks no
+    writer; sqlite3 lets go of the interpreter meanwhile) while the caller goes on, reconciling
+    for instance. Requests that arrive while it works are served by one more checkpoint.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._wake = threading.Condition()
+        self._asked = 0
+        self._done = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Ask for a checkpoint (starts the thread the first time)."""
+        with self._wake:
+            if self._stopped:
+                return
+            self._asked += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sqlite checkpoint", daemon=True)
+                self._thread.start()
+            self._wake.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every checkpoint asked so far has run; False if ``timeout`` came first."""
+        with self._wake:
+            return self._wake.wait_for(lambda: self._done >= self._asked or self._stopped, timeout)
+
+    def stop(self) -> None:
+        """Let the running checkpoint finish, then end the thread (idempotent)."""
+        with self._wake:
+            self._stopped = True
+            thread, self._thread = self._thread, None
+            self._wake.notify_all()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        connection = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            while True:
+                with self._wake:
+                    self._wake.wait_for(lambda: self._asked > self._done or self._stopped)
+                    if self._stopped:
+                        return
+                    asked = self._asked
+                # A checkpoint that fails (the file gone, a full disk) is left to the next one,
+                # or to SQLite's own at the next commit past the safety net.
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                with self._wake:
+                    self._done = asked
+                    self._wake.notify_all()
+        finally:
+            connection.close()

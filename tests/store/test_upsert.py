@@ -252,6 +252,10 @@ def _fold(rounds: list[list[dict[str, Any]]]) -> dict[tuple[int, str], tuple[Any
     return expected
 
 
+def _helpers_alive() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "upsert parameters"]
+
+
 def test_many_statements_of_many_rows_give_what_one_row_at_a_time_gives(
     db: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -293,11 +297,11 @@ def test_many_statements_of_many_rows_give_what_one_row_at_a_time_gives(
     assert stored == _fold(rounds)
     assert sys.getswitchinterval() == interval
     # SQLite went through the multi-row statements and their helper (PostgreSQL: executemany).
+    started = helpers.count("upsert parameters")
     if db.dialect == "sqlite":
-        assert len(helpers) >= len(rounds)  # the endpoints' 30 rows too: 5 statements
-        assert set(helpers) == {"upsert parameters"}
+        assert started >= len(rounds)  # and the endpoints' 30 rows: 5 statements
     else:
-        assert helpers == []
+        assert started == 0
 
 
 def test_a_failed_statement_stops_the_helper_and_rolls_back(
@@ -305,7 +309,6 @@ def test_a_failed_statement_stops_the_helper_and_rolls_back(
 ) -> None:
     monkeypatch.setattr(store._upsert, "SQLITE_STATEMENT_ROWS", 5)
     interval = sys.getswitchinterval()
-    threads = threading.active_count()
     with db.write() as session:
         (ep,) = make_endpoints(session, "00:11:22:33:44:55")
     # The last rows name an endpoint that does not exist (a foreign key on both databases).
@@ -313,7 +316,7 @@ def test_a_failed_statement_stops_the_helper_and_rolls_back(
     with pytest.raises(IntegrityError), db.write() as session:
         upsert_observations(session, rows)
     assert _observations(db) == {}
-    assert threading.active_count() == threads
+    assert not _helpers_alive()
     assert sys.getswitchinterval() == interval
 
 
@@ -321,7 +324,6 @@ def test_a_value_that_cannot_be_bound_is_raised_where_the_upsert_was_called(
     db: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store._upsert, "SQLITE_STATEMENT_ROWS", 5)
-    threads = threading.active_count()
     with db.write() as session:
         (ep,) = make_endpoints(session, "00:11:22:33:44:55")
     rows = [obs_row(ep, f"h{i}.example", at(i), at(i)) for i in range(100)]
@@ -329,7 +331,7 @@ def test_a_value_that_cannot_be_bound_is_raised_where_the_upsert_was_called(
     with pytest.raises(Exception, match="not JSON serializable"), db.write() as session:
         upsert_observations(session, rows)
     assert _observations(db) == {}
-    assert threading.active_count() == threads
+    assert not _helpers_alive()
 
 
 def test_the_multi_row_statement_is_the_single_row_one_repeated() -> None:
