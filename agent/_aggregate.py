@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from operator import itemgetter
 from typing import Any, Final
 
 from sqlalchemy import delete, select
@@ -31,13 +32,15 @@ from agent._window import Window
 from collectors import Kind
 from fingerprints import Detection as Assessed
 from fingerprints import Evidence, Index, RuleInfo, Side, rule_weight
-from store import Detection, upsert_agent, upsert_detections, upsert_observations
+from store import Detection, upsert_agent, upsert_detections, upsert_observation_rows
 
 #: Evidence entries kept per detection (the strongest, then the earliest).
 MAX_EVIDENCE_PER_DETECTION: Final = 32
 
 #: Plain strings for the database (``Kind.value`` is a descriptor call per row).
 _KIND_TEXT: Final = {kind: kind.value for kind in Kind}
+_FIRST: Final = itemgetter(1)
+_LAST: Final = itemgetter(2)
 
 
 @cache
@@ -150,7 +153,7 @@ class StoreWriter:
         endpoints = resolution.endpoints
         pseudonym = self.resolver.pseudonym if self.resolver.pseudonymous else None
         agent = self.agent
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []  # OBSERVATION_COLUMNS
         stored = 0
         for (ip, mac, kind, value), (count, first, last, attrs, peer) in window.observations.items():
             endpoint_id = endpoints.get((ip, mac))
@@ -160,24 +163,13 @@ class StoreWriter:
             if pseudonym is not None and kind in CLIENT_NAME_KINDS:
                 value, attrs = pseudonym(value), {}
             stored += count
-            rows.append(
-                {
-                    "agent": agent,
-                    "endpoint_id": endpoint_id,
-                    "kind": _KIND_TEXT[kind],
-                    "value": value,
-                    "first_seen": first,  # epoch seconds: UtcDateTime formats them cheaper than datetimes
-                    "last_seen": last,
-                    "count": count,
-                    "attrs": attrs,
-                    "peer": peer,
-                }
-            )
+            # Times in epoch seconds: UtcDateTime formats them cheaper than datetimes.
+            rows.append((agent, endpoint_id, _KIND_TEXT[kind], value, first, last, count, attrs, peer))
         result.observations = stored
         if window.observations:
-            result.first_ts = min(record[1] for record in window.observations.values())
-            result.last_ts = max(record[2] for record in window.observations.values())
-        result.rows = upsert_observations(session, rows)
+            result.first_ts = min(map(_FIRST, window.observations.values()))
+            result.last_ts = max(map(_LAST, window.observations.values()))
+        result.rows = upsert_observation_rows(session, rows)
         result.endpoints.update(endpoints.values())
 
     # -- detections ---------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ The public surface (everything else is private to the package):
 - migrations: ``migrate(engine)``, ``head_revision()``, ``current_revision(engine)``,
   ``alembic_config()`` (Alembic scripts ship in ``store/migrations``);
 - upserts: ``upsert`` (generic, keys merged in memory before the batch), ``merge_rows``, and one
-  per table the aggregator writes: ``upsert_observations``, ``upsert_endpoints`` (returns the
-  row ids), ``upsert_aliases``, ``upsert_detections``, ``upsert_agent``;
+  per table the aggregator writes: ``upsert_observations`` (``upsert_observation_rows`` for
+  tuples of ``OBSERVATION_COLUMNS``), ``upsert_endpoints`` (returns the row ids),
+  ``upsert_aliases``, ``upsert_detections``, ``upsert_agent``;
 - retention: ``purge(session, days=DEFAULT_RETENTION_DAYS) -> PurgeResult``;
 - the declared inventory: ``read_inventory`` / ``parse_inventory`` (CSV or XLSX, all-or-nothing,
   ``InventoryFileError`` with line-numbered ``ImportIssue``), ``import_inventory`` /
@@ -63,18 +64,22 @@ from store._models import (
 from store._retention import DEFAULT_RETENTION_DAYS, PurgeResult, purge
 from store._upsert import (
     BATCH_SIZE,
+    OBSERVATION_COLUMNS,
+    merge_observation_rows,
     merge_rows,
     upsert,
     upsert_agent,
     upsert_aliases,
     upsert_detections,
     upsert_endpoints,
+    upsert_observation_rows,
     upsert_observations,
 )
 
 __all__ = [
     "BATCH_SIZE",
     "DEFAULT_RETENTION_DAYS",
+    "OBSERVATION_COLUMNS",
     "Agent",
     "Alert",
     "AlertReason",
@@ -108,6 +113,7 @@ __all__ = [
     "head_revision",
     "import_inventory",
     "make_engine",
+    "merge_observation_rows",
     "merge_rows",
     "migrate",
     "normalise_url",
@@ -120,5 +126,6 @@ __all__ = [
     "upsert_aliases",
     "upsert_detections",
     "upsert_endpoints",
+    "upsert_observation_rows",
     "upsert_observations",
 ]

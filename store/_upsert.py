@@ -131,6 +131,34 @@ def upsert(
     if not merged:
         return 0
     connection = _connection(target)
+    statement = _upsert_statement(
+        connection,
+        table,
+        key,
+        add=add,
+        least=least,
+        greatest=greatest,
+        replace=replace,
+        newer=newer,
+        stamp=stamp,
+    )
+    execute_many(connection, table, statement, merged, batch_size, order_by=key)
+    return len(merged)
+
+
+def _upsert_statement(
+    connection: Connection,
+    table: Table,
+    key: Sequence[str],
+    *,
+    add: Sequence[str] = (),
+    least: Sequence[str] = (),
+    greatest: Sequence[str] = (),
+    replace: Sequence[str] = (),
+    newer: Sequence[str] = (),
+    stamp: str | None = None,
+) -> Any:
+    """``INSERT … ON CONFLICT (key) DO UPDATE`` merging each column the way ``merge_rows`` does."""
     insert = _insert(connection, table)
     excluded = insert.excluded
     columns = table.c
@@ -148,13 +176,11 @@ def upsert(
         is_newer = excluded[stamp] >= columns[stamp]
         for name in newer:
             updates[name] = case((is_newer, excluded[name]), else_=columns[name])
-    statement = (
+    return (
         insert.on_conflict_do_update(index_elements=list(key), set_=updates)
         if updates
         else insert.on_conflict_do_nothing(index_elements=list(key))
     )
-    execute_many(connection, table, statement, merged, batch_size, order_by=key)
-    return len(merged)
 
 
 def execute_many(
@@ -166,12 +192,49 @@ def execute_many(
     *,
     order_by: Sequence[str] = (),
 ) -> None:
-    """Execute a statement without RETURNING for many rows of ``table`` through the DBAPI's executemany.
+    """Execute a statement without RETURNING for many rows of ``table`` (mappings), through ``execute_rows``.
+
+    Rows that do not all carry exactly the same columns, all of ``table``, take SQLAlchemy's path.
+    """
+    if not rows:
+        return
+    # The VALUES clause names the rows' columns only, as SQLAlchemy's own executemany compiles it
+    # (from the first row's keys): compiled bare, an INSERT names every column (``id``,
+    # ``merged_into``...), no row matched, and endpoints and detections went row by row.
+    columns = list(rows[0].keys())
+    wanted = rows[0].keys()
+    if not set(columns) <= set(table.c.keys()) or any(row.keys() != wanted for row in rows):
+        for start in range(0, len(rows), batch_size):
+            connection.execute(statement, list(rows[start : start + batch_size]))
+        return
+    getter = itemgetter(*columns) if len(columns) > 1 else (lambda row: (row[columns[0]],))
+    execute_rows(
+        connection,
+        table,
+        statement,
+        columns,
+        list(map(getter, rows)),
+        batch_size,
+        order_by=[columns.index(name) for name in order_by],
+    )
+
+
+def execute_rows(
+    connection: Connection,
+    table: Table,
+    statement: Any,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    batch_size: int = BATCH_SIZE,
+    *,
+    order_by: Sequence[int] = (),
+) -> None:
+    """Execute a statement without RETURNING for many rows of ``table``, tuples of ``columns``.
 
     SQLAlchemy's own executemany builds each row's parameters one by one, which costs more than
     SQLite spends storing them. Here the statement is compiled once and every column's bind
     processor (the same ones SQLAlchemy would use) runs over the whole batch column by column.
-    Rows that do not all carry exactly the statement's parameters take SQLAlchemy's path.
+    ``order_by``: the positions of the key, by which PostgreSQL gets the rows.
     """
     if not rows:
         return
@@ -180,34 +243,35 @@ def execute_many(
         # Concurrent writers (several agents on the central store) lock rows in one global order:
         # two upserts of overlapping keys then wait for each other instead of deadlocking.
         rows = sorted(rows, key=itemgetter(*order_by))
-    # The VALUES clause names the rows' columns only, as SQLAlchemy's own executemany compiles it
-    # (from the first row's keys): compiled bare, an INSERT names every column (``id``,
-    # ``merged_into``...), no row matched, and endpoints and detections went row by row.
-    compiled = statement.compile(dialect=dialect, column_keys=list(rows[0].keys()))
+    compiled = statement.compile(dialect=dialect, column_keys=list(columns))
     positional = compiled.positiontup is not None
     names: list[str] = list(compiled.positiontup) if positional else list(compiled.binds)
-    wanted = set(names)
-    if not wanted <= set(table.c.keys()) or any(row.keys() != wanted for row in rows):
+    if sorted(names) != sorted(columns):  # it binds more than the rows' columns: SQLAlchemy's path
         for start in range(0, len(rows), batch_size):
-            connection.execute(statement, list(rows[start : start + batch_size]))
+            batch = rows[start : start + batch_size]
+            connection.execute(statement, [dict(zip(columns, row, strict=True)) for row in batch])
         return
+    positions = [columns.index(name) for name in names]
     processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
-    processed = [(i, process) for i, process in enumerate(processors) if process is not None]
-    getter = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
     sql = compiled.string
     if positional and dialect.name == "sqlite":
         multi = _MultiRow.of(sql, len(names))
         if multi is not None:
-            multi.run(connection, rows, names, processors)
+            multi.run(connection, rows, positions, processors)
             return
+    processed = [(i, process) for i, process in enumerate(processors) if process is not None]
+    reorder = positions != list(range(len(columns)))
+    getter = itemgetter(*positions) if len(positions) > 1 else (lambda row: (row[positions[0]],))
     for start in range(0, len(rows), batch_size):
-        # Rows to tuples, transposed to columns, processed, transposed back: C loops all along.
-        params: list[Any] = list(map(getter, rows[start : start + batch_size]))
+        # Rows in the statement's order, transposed to columns, processed, transposed back: C loops.
+        params: list[Any] = list(rows[start : start + batch_size])
+        if reorder:
+            params = list(map(getter, params))
         if processed:
-            columns: list[Any] = list(zip(*params, strict=True))
+            transposed: list[Any] = list(zip(*params, strict=True))
             for i, process in processed:
-                columns[i] = list(map(process, columns[i]))
-            params = list(zip(*columns, strict=True))
+                transposed[i] = list(map(process, transposed[i]))
+            params = list(zip(*transposed, strict=True))
         if not positional:
             params = [dict(zip(names, values, strict=True)) for values in params]
         connection.exec_driver_sql(sql, params)
@@ -248,15 +312,15 @@ class _MultiRow:
     def run(
         self,
         connection: Connection,
-        rows: Sequence[Mapping[str, Any]],
-        names: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        positions: Sequence[int],
         processors: Sequence[Callable[[Any], Any] | None],
     ) -> None:
-        """Execute the statement for every row, in statements of ``SQLITE_STATEMENT_ROWS`` rows."""
+        """Execute the statement for every row (tuples; ``positions``: where each parameter is)."""
         width = self.width
-        getters = [itemgetter(name) for name in names]
+        getters = [itemgetter(position) for position in positions]
 
-        def parameters(chunk: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+        def parameters(chunk: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
             # Column by column (C loops), interleaved into the statement's order by slices.
             flat: list[Any] = [None] * (len(chunk) * width)
             for i, (get, process) in enumerate(zip(getters, processors, strict=True)):
@@ -326,19 +390,71 @@ def _fast_switching() -> Iterator[None]:
 # -- the tables the aggregator writes ------------------------------------------------------------
 
 
+#: The columns of an observation row, in the order ``upsert_observation_rows`` takes them.
+OBSERVATION_COLUMNS: Final = (
+    "agent",
+    "endpoint_id",
+    "kind",
+    "value",
+    "first_seen",
+    "last_seen",
+    "count",
+    "attrs",
+    "peer",
+)
+_OBSERVATION_ROW: Final = itemgetter(*OBSERVATION_COLUMNS)
+
+
 def upsert_observations(target: Connection | Session, rows: Iterable[Mapping[str, Any]]) -> int:
     """Aggregated observations: counts added, first seen min, last seen max, last attrs and peer."""
-    return upsert(
-        target,
+    return upsert_observation_rows(target, list(map(_OBSERVATION_ROW, rows)))
+
+
+def upsert_observation_rows(target: Connection | Session, rows: Iterable[Sequence[Any]]) -> int:
+    """``upsert_observations`` for rows given as tuples of ``OBSERVATION_COLUMNS`` (the scan's window).
+
+    Tens of thousands of rows per window: no mapping is built (``merge_observation_rows``).
+    """
+    merged = merge_observation_rows(rows)
+    if not merged:
+        return 0
+    connection = _connection(target)
+    statement = _upsert_statement(
+        connection,
         OBSERVATIONS,
-        rows,
-        key=("agent", "endpoint_id", "kind", "value"),
+        OBSERVATION_COLUMNS[:4],
         add=("count",),
         least=("first_seen",),
         greatest=("last_seen",),
         newer=("attrs", "peer"),
         stamp="last_seen",
     )
+    execute_rows(connection, OBSERVATIONS, statement, OBSERVATION_COLUMNS, merged, order_by=(0, 1, 2, 3))
+    return len(merged)
+
+
+def merge_observation_rows(rows: Iterable[Sequence[Any]]) -> list[Sequence[Any]]:
+    """``merge_rows`` for observation tuples: counts added, first and last seen widened, newest attrs.
+
+    A test holds it to ``merge_rows``'s result on the same rows.
+    """
+    merged: dict[tuple[Any, ...], Sequence[Any]] = {}
+    for row in rows:
+        key = tuple(row[:4])
+        current = merged.get(key)
+        if current is None:
+            merged[key] = row
+            continue
+        newest = row if row[5] >= current[5] else current
+        merged[key] = (
+            *key,
+            min(current[4], row[4]),
+            max(current[5], row[5]),
+            current[6] + row[6],
+            newest[7],
+            newest[8],
+        )
+    return list(merged.values())
 
 
 def upsert_endpoints(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 from datetime import datetime
@@ -14,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 import store._upsert
 from store import (
     BATCH_SIZE,
+    OBSERVATION_COLUMNS,
     Agent,
     Detection,
     Endpoint,
@@ -21,6 +23,7 @@ from store import (
     IdentityKind,
     ObservationAggregate,
     Store,
+    merge_observation_rows,
     merge_rows,
     upsert_agent,
     upsert_aliases,
@@ -345,3 +348,35 @@ def test_the_multi_row_statement_is_the_single_row_one_repeated() -> None:
     assert store._upsert._MultiRow.of(single.replace("excluded.b", "?"), 2) is None
     assert store._upsert._MultiRow.of(single, 3) is None
     assert store._upsert._MultiRow.of("UPDATE t SET a = ?", 1) is None
+
+
+def test_observation_tuples_merge_as_merge_rows_merges_mappings() -> None:
+    """``merge_observation_rows`` (the scan's path) against ``merge_rows`` on the same random rows."""
+    generator = random.Random(7)
+    rows = [
+        obs_row(
+            generator.randrange(3),
+            f"h{generator.randrange(40)}.example",
+            at(generator.randrange(50)),
+            at(generator.randrange(50, 100)),
+            generator.randrange(1, 9),
+            attrs={"n": i},
+            peer=f"192.0.2.{generator.randrange(4)}",
+            kind=generator.choice(["tls.sni", "dns.query"]),
+        )
+        for i in range(600)
+    ]
+    expected = merge_rows(
+        rows,
+        ("agent", "endpoint_id", "kind", "value"),
+        add=("count",),
+        least=("first_seen",),
+        greatest=("last_seen",),
+        newer=("attrs", "peer"),
+        stamp="last_seen",
+    )
+    merged = merge_observation_rows([tuple(row[name] for name in OBSERVATION_COLUMNS) for row in rows])
+    assert len(merged) < len(rows)  # keys met several times
+    assert sorted(merged, key=repr) == sorted(
+        (tuple(row[name] for name in OBSERVATION_COLUMNS) for row in expected), key=repr
+    )
