@@ -213,6 +213,14 @@ class _Stored:
     last_seen: datetime
 
 
+def _fixed_macs(macs: set[str]) -> list[str]:
+    """The device's burnt-in (not locally administered) MACs, sorted."""
+    if len(macs) == 1:  # most devices: no generator, no sort
+        (mac,) = macs
+        return [] if is_locally_administered(mac) else [mac]
+    return sorted(mac for mac in macs if not is_locally_administered(mac))
+
+
 def _rank(kind: IdentityKind, randomized: bool) -> int:
     """How good an identity is: lower is better (DESIGN §5 precedence)."""
     if kind is IdentityKind.MAC:
@@ -431,7 +439,7 @@ class IdentityResolver:
 
     def _best_identity(self, component: _Component) -> tuple[IdentityKind, str, bool]:
         """The identity a new endpoint of this device gets: (kind, clear value, randomised MAC)."""
-        fixed = sorted(mac for mac in component.macs if not is_locally_administered(mac))
+        fixed = _fixed_macs(component.macs)
         if fixed:
             return IdentityKind.MAC, fixed[0], False
         if component.cids:
@@ -443,6 +451,8 @@ class IdentityResolver:
     def _alias_keys(self, component: _Component) -> list[str]:
         """The stored aliases of a device: ``mac:``, ``cid:`` and ``host:`` keys, pseudonymised."""
         p = self.pseudonym
+        if len(component.macs) == 1 and not component.cids and not component.hosts:
+            return ["mac:" + p(mac) for mac in component.macs]  # most devices
         return [
             *("mac:" + p(mac) for mac in sorted(component.macs)),
             *("cid:" + p(cid) for cid in sorted(component.cids)),
@@ -526,7 +536,7 @@ class IdentityResolver:
         assert component.span is not None
         assert component.mac is not None
         mac = component.mac[1]
-        fixed = sorted(m for m in component.macs if not is_locally_administered(m))
+        fixed = _fixed_macs(component.macs)
         vendor = mac_vendor(fixed[0]).organisation if fixed else None
         hostname = component.hostname
         return {

@@ -244,8 +244,21 @@ def observed_products(
 ) -> dict[str, ObservedProduct]:
     """The products seen at the site in the look-back window, by product key."""
     since = now - lookback
-    detections = session.scalars(
-        select(Detection)
+    # Columns, not ORM objects: hundreds of detections per product, read once, never changed here.
+    detections = session.execute(
+        select(
+            Detection.product_key,
+            Detection.product_id,
+            Detection.vendor,
+            Detection.category,
+            Detection.endpoint_id,
+            Detection.first_seen,
+            Detection.last_seen,
+            Detection.confidence,
+            Detection.catalog_version,
+            Detection.evidence,
+            Detection.roles,
+        )
         .where(Detection.site == site, Detection.last_seen >= since)
         .order_by(Detection.product_key, Detection.id)
     )
@@ -282,11 +295,15 @@ def observed_products(
 
 def _add_endpoints(session: Session, groups: Mapping[str, ObservedProduct]) -> None:
     ids = sorted({endpoint_id for group in groups.values() for endpoint_id in group.endpoint_ids})
-    endpoints: dict[int, Endpoint] = {}
+    endpoints: dict[int, Any] = {}
     for chunk in _chunks(ids):
         endpoints.update(
             (endpoint.id, endpoint)
-            for endpoint in session.scalars(select(Endpoint).where(Endpoint.id.in_(chunk)))
+            for endpoint in session.execute(
+                select(
+                    Endpoint.id, Endpoint.ip, Endpoint.mac, Endpoint.hostname, Endpoint.service, Endpoint.vlan
+                ).where(Endpoint.id.in_(chunk))
+            )
         )
     ae_by_endpoint: dict[int, set[str]] = {}
     ae_by_peer: dict[str, set[str]] = {}

@@ -74,13 +74,15 @@ class Window:
 
         # Plain lists per sighting first (thousands of sightings, tens of thousands of keys).
         seen: dict[Sighting, list[Any]] = {}
+        get = seen.get
         for key, record in self.observations.items():
-            sighting = (key[0], key[1])
-            entry = seen.get(sighting)
+            sighting = key[:2]
+            entry = get(sighting)
             if entry is None:
                 seen[sighting] = [record[1], record[2], record[3]]
                 continue
-            entry[0] = min(entry[0], record[1])
+            if record[1] < entry[0]:  # noqa: PLR1730 - no call: tens of thousands of records
+                entry[0] = record[1]
             if record[2] >= entry[1]:
                 entry[1], entry[2] = record[2], record[3]
         spans: dict[Sighting, Span] = {}
