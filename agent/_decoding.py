@@ -54,6 +54,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import traceback
 import warnings
@@ -156,8 +157,9 @@ class FileHasher(threading.Thread):
 
     def run(self) -> None:
         """Hash the file until it ends or the caller takes over."""
-        with contextlib.suppress(OSError, AttributeError):  # not Linux: an ordinary thread
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        if sys.platform == "linux":  # a thread's own nice value (elsewhere the id may name a process)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             self._done = _hash_from(self.path, self._hasher, 0, self._stopped)
         except OSError as exc:
