@@ -99,19 +99,19 @@ class DecoderDied(Exception):
     """The decoding process ended without finishing its file (killed, or crashed)."""
 
 
-def sha256_of(path: Path, stop: threading.Event | None = None) -> str:
-    """The SHA-256 of a file, on its own (a file whose content may be known already).
-
-    A regular file is hashed where it lies (mapped in memory: nothing copied, its pages let go
-    as it goes); anything else is read. ``stop``: checked between blocks, for a hash abandoned.
-    """
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, on its own (a file whose content may be known already)."""
     hasher = hashlib.sha256()
-    _hash_from(path, hasher, 0, stop)
+    _hash_from(path, hasher, 0)
     return hasher.hexdigest()
 
 
 def _hash_from(path: Path, hasher: Any, start: int, stop: threading.Event | None = None) -> int:
-    """Feed ``hasher`` the file from byte ``start``; return where it stopped (its size if not stopped)."""
+    """Feed ``hasher`` the file from byte ``start``; return where it stopped (its size if not stopped).
+
+    A regular file is hashed where it lies (mapped in memory: nothing copied, its pages let go
+    as it goes); anything else is read. ``stop``: checked between blocks.
+    """
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         try:
@@ -292,8 +292,8 @@ def old_objects_frozen() -> Iterator[None]:
 def collector_paused() -> Iterator[None]:
     """No automatic collection while a window is written or received (bounded work, no decoding).
 
-    Writing allocates rows by the ten thousand, and unpickling a window its records: they would
-    trigger half of a scan's collections for nothing (they are acyclic; reference counting frees
+    Writing allocates rows by the ten thousand, and unpacking a child's batch its Observations:
+    they would trigger half of a scan's collections for nothing (they are acyclic; reference counting frees
     them).
     """
     enabled = gc.isenabled()
@@ -319,9 +319,9 @@ def parallel_available() -> bool:
 def default_decoders() -> int:
     """Decoding processes per file: one per CPU but the writer's, ``MAX_DECODERS`` at most.
 
-    On two cores a second decoder made the scan no faster, measured (``bench/bench_scan.py``):
-    the writer starts up and aggregates while the file is decoded, and the first decoder hashes
-    it, so both cores were busy already.
+    On two cores a second decoder made the scan slower, measured (``bench/bench_scan.py``): the
+    writer starts up and aggregates while the file is decoded, so both cores were busy already
+    (the hash takes only what is left, ``FileHasher``).
     """
     return max(1, min(usable_cpus() - 1, MAX_DECODERS))
 
