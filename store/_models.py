@@ -35,6 +35,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     TypeDecorator,
@@ -260,13 +261,14 @@ class ObservationAggregate(Base):
     """What an endpoint was seen doing: one row per (agent, endpoint, kind, value), with counts."""
 
     __tablename__ = "observations"
+    __table_args__ = (PrimaryKeyConstraint("endpoint_id", "agent", "kind", "value"),)
 
-    agent: Mapped[str] = mapped_column(String(64), primary_key=True)
-    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    value: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    agent: Mapped[str] = mapped_column(String(64))
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    value: Mapped[str] = mapped_column(String(1024))
     first_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
-    last_seen: Mapped[datetime] = mapped_column(UTC_DATETIME, index=True)
+    last_seen: Mapped[datetime] = mapped_column(UTC_DATETIME)
     count: Mapped[int] = mapped_column(BigInteger)
     attrs: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     """The attrs of the last Observation (ALPN, JA4, AE titles…): metadata, never payload."""

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select, text
 
-from store import Base, alembic_config, current_revision, head_revision, make_engine, migrate
+from store import (
+    Base,
+    Endpoint,
+    IdentityKind,
+    ObservationAggregate,
+    alembic_config,
+    current_revision,
+    head_revision,
+    make_engine,
+    migrate,
+)
 from tests.store.dburl import temporary_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,6 +116,68 @@ def test_downgrade_to_base_and_up_again(db_url: str) -> None:
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+    assert _differences(db_url) == []
+
+
+def test_observations_keep_their_rows_when_keyed_by_endpoint_first(db_url: str) -> None:
+    """0003: the primary key starts with the endpoint (its rows are found by key), no row is lost."""
+    engine = make_engine(db_url)
+    seen = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = [
+        {
+            "agent": agent,
+            "endpoint_id": endpoint_id,
+            "kind": "dns.query",
+            "value": f"host{n}.example.org",
+            "first_seen": seen,
+            "last_seen": seen + timedelta(minutes=n),
+            "count": n + 1,
+            "attrs": {"qtype": "A"},
+            "peer": "10.0.0.53",
+        }
+        for n, (agent, endpoint_id) in enumerate([("a", 1), ("b", 1), ("a", 2), ("a", 2)])
+    ]
+    try:
+        migrate(engine, "0002")
+        with engine.begin() as connection:
+            connection.execute(
+                Endpoint.__table__.insert(),
+                [
+                    {
+                        "id": number,
+                        "site": "ch",
+                        "identity_kind": IdentityKind.MAC,
+                        "identity": f"02:00:00:00:00:0{number}",
+                        "randomized_mac": False,
+                        "first_seen": seen,
+                        "last_seen": seen,
+                    }
+                    for number in (1, 2)
+                ],
+            )
+            connection.execute(ObservationAggregate.__table__.insert(), rows)
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert inspect(engine).get_pk_constraint("observations")["constrained_columns"] == [
+            "endpoint_id",
+            "agent",
+            "kind",
+            "value",
+        ]
+        columns = ObservationAggregate.__table__.c
+        with engine.connect() as connection:
+            stored = [row._asdict() for row in connection.execute(select(columns).order_by(columns.count))]
+            if engine.dialect.name == "sqlite":
+                plan = " ".join(
+                    str(row[-1])
+                    for row in connection.execute(
+                        text("EXPLAIN QUERY PLAN SELECT count FROM observations WHERE endpoint_id = 2")
+                    )
+                )
+                assert "USING INDEX" in plan, plan  # the key's index, not a scan of the table
+    finally:
+        engine.dispose()
+    assert stored == rows
     assert _differences(db_url) == []
 
 
