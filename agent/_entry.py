@@ -16,6 +16,11 @@ def main() -> None:
         from agent._prefetch import speculate  # noqa: PLC0415 - only scan needs the decoder this early
 
         speculate(sys.argv[2:])
-    from agent.cli import main as cli_main  # noqa: PLC0415 - after the fork, on purpose
+        from agent._decoding import long_lived  # noqa: PLC0415 - imported with the decoder
+
+        with long_lived():  # after the fork: the decoding processes keep their collector
+            from agent.cli import main as cli_main  # noqa: PLC0415 - after the fork, on purpose
+    else:
+        from agent.cli import main as cli_main  # noqa: PLC0415
 
     cli_main()

@@ -43,7 +43,7 @@ from agent._cli_common import (
     fatal,
     pseudonymiser_from_env,
 )
-from agent._decoding import FLUSH_AT, DecoderDied
+from agent._decoding import FLUSH_AT, DecoderDied, long_lived
 from agent._host import default_agent_name
 from agent._prefetch import Prefetch
 from collectors import CaptureFormatError
@@ -160,7 +160,8 @@ def scan(
         # this process matches and writes).
         prefetch(0)
         try:
-            index = default_index()
+            with long_lived():
+                index = default_index()
         except CatalogError as exc:
             fatal(f"the fingerprint catalogue does not load: {exc}", tip="run: lanterne fingerprints test")
         report = _scan_files(
@@ -205,12 +206,14 @@ def _scan_files(
     decoders: int | None,
 ) -> ScanReport:
     """Scan ``files`` into the store and reconcile them."""
-    from agent._pipeline import FileScan, Scanner, ScanReport  # noqa: PLC0415 - see the imports
-    from store import StoreError, open_store  # noqa: PLC0415
+    with long_lived():
+        from agent._pipeline import FileScan, Scanner, ScanReport  # noqa: PLC0415 - see the imports
+        from store import StoreError, open_store  # noqa: PLC0415
 
     pseudonymiser = pseudonymiser_from_env(pseudonymous)
     try:
-        store = open_store(db or default_db_url())
+        with long_lived():
+            store = open_store(db or default_db_url())
     except StoreError as exc:
         fatal(str(exc), tip="check --db / LANTERNE_DB (sqlite:///path.db or postgresql://user@host/db)")
     report = ScanReport()
