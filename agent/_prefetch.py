@@ -4,11 +4,11 @@ Everything a scan does before its first file's decoding processes are forked del
 scan (they decode while the rest starts up). ``Prefetch`` starts the first file's processes
 before the catalogue and the store load, and each next file's as soon as the previous file is
 decoded. Earlier still, ``speculate`` forks them before the command line is even parsed: the
-CLI's parsing (typer checks every option through pydantic) and its imports take a tenth of a
-second or more. It reads the few settings the decoding depends on (the files, ``--agent``,
-``--flush-keys``, ``--decoders``, ``--parallel``) from the raw arguments; once the CLI has
-parsed them, the scan adopts the processes only if its own settings are the same (``adopt``),
-otherwise they are stopped and the scan starts its own. Any doubt (an option it does not know,
+CLI's imports and the building and parsing of its commands take a tenth of a second. It reads
+the few settings the decoding depends on (the files, ``--agent``, ``--flush-keys``,
+``--decoders``, ``--parallel``) from the raw arguments; once the CLI has parsed them, the scan
+adopts the processes only if its own settings are the same (``adopt``), otherwise they are
+stopped and the scan starts its own. Any doubt (an option it does not know,
 ``--help``, an environment variable it would have to interpret) means no speculation: the scan
 is then exactly as without it.
 

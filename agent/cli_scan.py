@@ -206,16 +206,15 @@ def _scan_files(
     decoders: int | None,
 ) -> ScanReport:
     """Scan ``files`` into the store and reconcile them."""
+    pseudonymiser = pseudonymiser_from_env(pseudonymous)
     with long_lived():
         from agent._pipeline import FileScan, Scanner, ScanReport  # noqa: PLC0415 - see the imports
         from store import StoreError, open_store  # noqa: PLC0415
 
-    pseudonymiser = pseudonymiser_from_env(pseudonymous)
-    try:
-        with long_lived():
+        try:
             store = open_store(db or default_db_url())
-    except StoreError as exc:
-        fatal(str(exc), tip="check --db / LANTERNE_DB (sqlite:///path.db or postgresql://user@host/db)")
+        except StoreError as exc:
+            fatal(str(exc), tip="check --db / LANTERNE_DB (sqlite:///path.db or postgresql://user@host/db)")
     report = ScanReport()
     try:
         scanner = Scanner(
