@@ -403,6 +403,7 @@ OBSERVATION_COLUMNS: Final = (
     "peer",
 )
 _OBSERVATION_ROW: Final = itemgetter(*OBSERVATION_COLUMNS)
+_ENDPOINT_ID: Final = itemgetter(OBSERVATION_COLUMNS.index("endpoint_id"))
 
 
 def upsert_observations(target: Connection | Session, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -419,6 +420,12 @@ def upsert_observation_rows(target: Connection | Session, rows: Iterable[Sequenc
     if not merged:
         return 0
     connection = _connection(target)
+    if connection.dialect.name == "sqlite":
+        # The primary key starts with the endpoint: rows in endpoint order go into its B-tree
+        # page after page instead of all over it (a third less time storing a scan's window,
+        # measured; sorting on the integer alone costs a few milliseconds). PostgreSQL gets them in
+        # the whole key's order anyway (``execute_rows``).
+        merged.sort(key=_ENDPOINT_ID)
     statement = _upsert_statement(
         connection,
         OBSERVATIONS,
@@ -429,7 +436,7 @@ def upsert_observation_rows(target: Connection | Session, rows: Iterable[Sequenc
         newer=("attrs", "peer"),
         stamp="last_seen",
     )
-    execute_rows(connection, OBSERVATIONS, statement, OBSERVATION_COLUMNS, merged, order_by=(0, 1, 2, 3))
+    execute_rows(connection, OBSERVATIONS, statement, OBSERVATION_COLUMNS, merged, order_by=(1, 0, 2, 3))
     return len(merged)
 
 

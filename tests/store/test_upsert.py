@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import threading
@@ -9,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Text, func, select
 from sqlalchemy.exc import IntegrityError
 
 import store._upsert
@@ -84,6 +85,32 @@ def test_counts_add_up_across_flushes(db: Store) -> None:
         upsert_observations(session, [obs_row(ep, "a.example", at(0), at(5), 3, attrs={"v": "old"})])
     row = _observations(db)[ep, "a.example"]
     assert (row.count, row.first_seen, row.last_seen, row.attrs) == (7, at(0), at(20), {"v": "new"})
+
+
+def test_json_columns_keep_what_the_json_module_would_give_back(db: Store) -> None:
+    """Attributes go in as orjson writes them, and what orjson refuses goes through the json module."""
+    attrs: dict[str, Any] = {
+        "alpn": ("h2", "http/1.1"),  # a tuple comes back a list, as from JSON anywhere
+        "name": "Scanner IRM étage 2 \u2028 «GE»",
+        "nested": {"ok": True, "none": None, "ratio": 0.85, "tiny": 1e-05},
+        "big": 2**70,  # beyond 64 bits: orjson refuses it, the json module writes it
+    }
+    with db.write() as session:
+        (ep,) = make_endpoints(session, "00:11:22:33:44:55")
+        upsert_observations(
+            session,
+            [
+                obs_row(ep, "a.example", at(1), at(2), attrs=attrs),
+                obs_row(ep, "b.example", at(1), at(2), attrs={7: "a key that is a number"}),
+            ],
+        )
+        if db.dialect == "sqlite":
+            text_of = select(func.cast(ObservationAggregate.attrs, Text))
+            stored = session.scalar(text_of.where(ObservationAggregate.value == "b.example"))
+            assert stored == '{"7":"a key that is a number"}'  # compact, keys as text
+    rows = _observations(db)
+    assert rows[ep, "a.example"].attrs == json.loads(json.dumps(attrs))
+    assert rows[ep, "b.example"].attrs == {"7": "a key that is a number"}
 
 
 def test_many_batches_with_duplicates_across_them(db: Store) -> None:
