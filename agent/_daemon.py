@@ -80,6 +80,8 @@ HOUSEKEEPING_SECONDS: Final = 5.0
 PG_CONNECT_TIMEOUT: Final = 10
 #: Seconds the shutdown waits for a running job before flushing anyway.
 SHUTDOWN_GRACE: Final = 60.0
+#: Scheduled jobs that the shutdown cancels rather than waits for.
+_STOPPED_AT_SHUTDOWN: Final = frozenset({"probe"})
 #: How often the long-running mDNS browser resolves its known instances again.
 MDNS_REFRESH_SECONDS: Final = 3600.0
 #: Probe-log lines kept while the database is away (the oldest go first, counted).
@@ -185,7 +187,8 @@ class Daemon:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lanterne-db")
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
-        self._jobs: set[asyncio.Task[Any]] = set()
+        self._jobs: dict[asyncio.Task[Any], str] = {}
+        """The scheduled jobs running, by their name."""
         self.mdns: Any = None
         """The long-running mDNS/DNS-SD browser (``[probe]`` enabled with ``mdns``), once started."""
         self._probe_bucket: Any = None
@@ -426,9 +429,14 @@ class Daemon:
         async def run() -> None:
             task = asyncio.current_task()
             if task is not None:
-                self._jobs.add(task)
+                self._jobs[task] = name
             try:
                 await job()
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise
+                # Stopped by the shutdown (a sweep; any job past the grace): not a failure.
+                _LOGGER.info("the %s job was stopped by the shutdown", name)
             except Exception:
                 self.metrics.jobs.labels(name, "error").inc()
                 _QUIET.exception("the %s job failed", name)
@@ -436,21 +444,34 @@ class Daemon:
                 self.metrics.jobs.labels(name, "ok").inc()
             finally:
                 if task is not None:
-                    self._jobs.discard(task)
+                    self._jobs.pop(task, None)
 
         run.__name__ = f"lanterne_{name}"
         return run
 
     async def _async_shutdown(self) -> None:
         _LOGGER.info("stopping: draining the captures and flushing")
-        if self._scheduler is not None and self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
-        for task in list(self._background):
+        self._stop.set()  # also when the run's duration ended: the jobs' cancellations are expected
+        scheduler = self._scheduler
+        if scheduler is not None and scheduler.running:
+            # No job starts any more, and the running ones finish (within the grace below):
+            # shutting the scheduler down now would cancel them half-way, their write going on
+            # in the database thread while what follows it (the counts, the probe log) is lost,
+            # and APScheduler would log the cancellation as a failed job.
+            scheduler.pause()
+        background = list(self._background)
+        flushes = [task for task in background if task.get_name() == "early flush"]  # the same
+        stopped = [task for task in background if task not in flushes]
+        # An active sweep may take minutes, and its probes have nothing to finish: it stops now.
+        stopped += [task for task, name in self._jobs.items() if name in _STOPPED_AT_SHUTDOWN]
+        for task in stopped:
             task.cancel()
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        if self._jobs:
-            await asyncio.wait(set(self._jobs), timeout=SHUTDOWN_GRACE)
+        if stopped:
+            await asyncio.gather(*stopped, return_exceptions=True)
+        if running := {*self._jobs, *flushes}:
+            await asyncio.wait(running, timeout=SHUTDOWN_GRACE)
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=False)  # cancels what outlived the grace
         if self.mdns is not None:
             browser, self.mdns = self.mdns, None
             with contextlib.suppress(Exception):  # its goodbye line is still written below

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -391,6 +394,43 @@ def test_sigterm_flushes_before_exit(tmp_path: Path, wire: Wire) -> None:
     )
 
 
+def test_a_job_running_at_the_stop_finishes_and_is_counted(
+    tmp_path: Path, wire: Wire, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop while the scheduled flush writes: the flush finishes, counted, and no job "failed".
+
+    Shutting the scheduler down first used to cancel the job half-way: its write went on in the
+    database thread, but its counts were lost and APScheduler logged a CancelledError traceback.
+    """
+    config = _config(tmp_path)
+    harness = Harness(config, wire)
+    daemon = harness.daemon
+    writing, release = threading.Event(), threading.Event()
+    real_flush = daemon._flush_blocking
+
+    def slow_flush(*args: Any) -> FlushOutcome:
+        writing.set()
+        release.wait(10)
+        return real_flush(*args)
+
+    daemon._flush_blocking = slow_flush  # type: ignore[method-assign]
+
+    async def scenario(daemon: Daemon) -> None:
+        await harness.send([_query("mid-flush.example")])
+        scheduler = daemon._scheduler
+        assert scheduler is not None
+        scheduler.modify_job("flush", next_run_time=datetime.now(UTC))
+        await _until(writing.is_set)
+        daemon.request_stop()
+        asyncio.get_running_loop().call_later(0.3, release.set)  # the stop waits for the write
+
+    with caplog.at_level(logging.INFO):
+        harness.run(scenario)
+    assert _counts(config.database_url) == {"mid-flush.example": 1}
+    assert daemon.report.stored.observations == 1  # the scheduled flush's, counted
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 def test_a_database_down_at_start_does_not_stop_capture(tmp_path: Path, wire: Wire) -> None:
     config = _config(tmp_path)
     flaky = Flaky()
@@ -516,6 +556,52 @@ def test_the_probe_job_hands_the_sweep_its_scope(
     (call,) = calls
     assert call["config"].probe.policy.dry_run
     assert (call["site"], call["agent"]) == ("lab", "l5-test")
+
+
+def test_a_sweep_running_at_the_stop_is_stopped_at_once(
+    tmp_path: Path, wire: Wire, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An active sweep has nothing to finish: the stop cancels it rather than wait up to the grace."""
+    import agent._probing as probing
+    from agent._config import parse_config
+
+    probe = parse_config(
+        {
+            "database": {"url": "sqlite://"},
+            "probe": {"enabled": True, "allow": ["10.55.0.0/24"], "dry_run": True},
+        },
+        env={},
+    ).probe
+    config = _config(tmp_path, probe=probe)
+    sweeping = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def endless_sweep(config: Any, store: Any, **options: Any) -> Any:
+        sweeping.set()  # never a real sweep in a unit test: nothing may leave this machine
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        raise AssertionError("the sweep was not stopped")
+
+    monkeypatch.setattr(probing, "async_sweep", endless_sweep)
+    harness = Harness(config, wire)
+
+    async def scenario(daemon: Daemon) -> None:
+        scheduler = daemon._scheduler
+        assert scheduler is not None
+        scheduler.modify_job("probe", next_run_time=datetime.now(UTC))
+        await asyncio.wait_for(sweeping.wait(), 10)
+
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        harness.run(scenario)
+    assert cancelled == [True]
+    assert time.monotonic() - started < daemon_module.SHUTDOWN_GRACE / 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert "the probe job was stopped by the shutdown" in messages
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_a_long_running_mdns_browser_feeds_the_window(tmp_path: Path, wire: Wire) -> None:

@@ -165,4 +165,4 @@ def test_real_clients_are_observed_stored_and_detected(hospital: Lab, tmp_path: 
     } <= products
     alerts = {key for (key,) in sqlite_rows(daemon.database, "SELECT DISTINCT product_key FROM alerts")}
     assert "openai-chatgpt" in alerts  # undeclared: the reconciliation job raised it
-    assert "Traceback" not in daemon.log_text()
+    assert "Traceback" not in daemon.log_text(), daemon.log_text()[-6000:]
