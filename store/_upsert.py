@@ -422,9 +422,9 @@ def upsert_observation_rows(target: Connection | Session, rows: Iterable[Sequenc
     connection = _connection(target)
     if connection.dialect.name == "sqlite":
         # The primary key starts with the endpoint: rows in endpoint order go into its B-tree
-        # page after page instead of all over it (a third less time storing a scan's window,
-        # measured; sorting on the integer alone costs a few milliseconds). PostgreSQL gets them in
-        # the whole key's order anyway (``execute_rows``).
+        # page after page instead of all over it. Measured on a scan's window of 38,800 rows:
+        # SQLite's statements took 0.25 s instead of 0.42; sorting on the integer alone takes a
+        # few milliseconds. PostgreSQL gets them in the whole key's order (``execute_rows``).
         merged.sort(key=_ENDPOINT_ID)
     statement = _upsert_statement(
         connection,

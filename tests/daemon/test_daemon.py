@@ -520,10 +520,8 @@ def test_the_digest_job_delivers_alerts_to_a_channel(tmp_path: Path, wire: Wire)
     assert "openai-chatgpt" in message or "ChatGPT" in message
 
 
-def test_the_probe_job_hands_the_sweep_its_scope(
-    tmp_path: Path, wire: Wire, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import agent._probing as probing
+def _probing_config(tmp_path: Path) -> Config:
+    """``_config`` with ``[probe]`` enabled in dry run (the tests replace the sweep anyway)."""
     from agent._config import parse_config
 
     probe = parse_config(
@@ -533,7 +531,15 @@ def test_the_probe_job_hands_the_sweep_its_scope(
         },
         env={},
     ).probe
-    config = _config(tmp_path, probe=probe)
+    return _config(tmp_path, probe=probe)
+
+
+def test_the_probe_job_hands_the_sweep_its_scope(
+    tmp_path: Path, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent._probing as probing
+
+    config = _probing_config(tmp_path)
     calls: list[dict[str, Any]] = []
 
     async def fake_sweep(config: Any, store: Any, **options: Any) -> Any:
@@ -563,16 +569,8 @@ def test_a_sweep_running_at_the_stop_is_stopped_at_once(
 ) -> None:
     """An active sweep has nothing to finish: the stop cancels it rather than wait up to the grace."""
     import agent._probing as probing
-    from agent._config import parse_config
 
-    probe = parse_config(
-        {
-            "database": {"url": "sqlite://"},
-            "probe": {"enabled": True, "allow": ["10.55.0.0/24"], "dry_run": True},
-        },
-        env={},
-    ).probe
-    config = _config(tmp_path, probe=probe)
+    config = _probing_config(tmp_path)
     sweeping = asyncio.Event()
     cancelled: list[bool] = []
 
