@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Text, func, select
+from sqlalchemy import Text, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 import store._upsert
@@ -375,6 +375,80 @@ def test_the_multi_row_statement_is_the_single_row_one_repeated() -> None:
     assert store._upsert._MultiRow.of(single.replace("excluded.b", "?"), 2) is None
     assert store._upsert._MultiRow.of(single, 3) is None
     assert store._upsert._MultiRow.of("UPDATE t SET a = ?", 1) is None
+
+
+def test_postgresql_copies_many_rows_and_gives_what_executemany_gives(
+    db: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round through COPY, one through executemany, one as a role without temporary tables.
+
+    On PostgreSQL the first round goes through COPY and a staged INSERT … SELECT, the others
+    through executemany, all upserting the same keys; on SQLite every round takes the multi-row
+    statements and COPY is never tried. The table must hold the Python fold of all three.
+    """
+    copies: list[int] = []
+    real_run = store._upsert._CopyUpsert.run
+
+    def run(self: Any, connection: Any, rows: Any, processors: Any) -> None:
+        rows = list(rows)
+        copies.append(len(rows))
+        real_run(self, connection, rows, processors)
+
+    monkeypatch.setattr(store._upsert._CopyUpsert, "run", run)
+    with db.write() as session:
+        eps = make_endpoints(session, *(f"00:00:00:00:02:{i:02x}" for i in range(20)))
+    rounds = [
+        [
+            obs_row(
+                eps[(i * 3 + shift) % 20],
+                f"h{i % 300}.example",
+                at(i % 53 + shift),
+                at(i % 47 + 60 + shift),
+                i % 4 + 1,
+                attrs={"n": i, "round": shift, "text": "tab\there, «quote» \\ and \\N"},
+                peer=None if i % 7 == 0 else f"192.0.2.{i % 250}",
+            )
+            for i in range(900)
+        ]
+        for shift in (0, 5, 9)
+    ]
+    settings = [(1, True), (10**9, True), (1, False)]  # (PG_COPY_MIN_ROWS, temporary tables allowed)
+    for rows, (threshold, allowed) in zip(rounds, settings, strict=True):
+        monkeypatch.setattr(store._upsert, "PG_COPY_MIN_ROWS", threshold)
+        monkeypatch.setattr(store._upsert._CopyUpsert, "allowed", staticmethod(lambda _c, a=allowed: a))
+        with db.write() as session:
+            upsert_observations(session, rows)
+    stored = {
+        key: (row.count, row.first_seen, row.last_seen, row.attrs, row.peer)
+        for key, row in _observations(db).items()
+    }
+    assert stored == _fold(rounds)
+    if db.dialect == "postgresql":
+        assert copies == [len({(r["endpoint_id"], r["value"]) for r in rounds[0]})]
+        with db.session() as session:  # the staging table went with its transaction
+            staged = session.execute(
+                text("SELECT count(*) FROM pg_class WHERE relname LIKE 'lanterne_stage%'")
+            )
+            assert staged.scalar() == 0
+    else:
+        assert copies == []
+
+
+def test_the_copy_form_is_the_single_row_statement_with_its_values_staged() -> None:
+    single = (
+        "INSERT INTO t (a, b, c) VALUES (%(a)s::VARCHAR, %(b)s::TIMESTAMP WITH TIME ZONE, "
+        "%(c)s::NUMERIC(10, 2)) ON CONFLICT (a) DO UPDATE SET b = greatest(t.b, excluded.b)"
+    )
+    of, table = store._upsert._CopyUpsert.of, store._upsert.ENDPOINTS
+    copy = of(single, table, ["a"])
+    assert copy is not None
+    assert (copy._target, copy._columns, copy._order) == ("t", "a, b, c", " ORDER BY a")
+    assert copy._stage.startswith("lanterne_stage_endpoints_")
+    assert copy._tail == " ON CONFLICT (a) DO UPDATE SET b = greatest(t.b, excluded.b)"
+    # A parameter (or a literal %) after the values, or no VALUES group: executemany.
+    assert of(single.replace("excluded.b", "%(d)s"), table, []) is None
+    assert of("INSERT INTO t (a) SELECT 1", table, []) is None
+    assert of("INSERT INTO t (a) VALUES (%(a)s", table, []) is None
 
 
 def test_observation_tuples_merge_as_merge_rows_merges_mappings() -> None:
