@@ -4,7 +4,9 @@ Rows are merged by key in memory first: PostgreSQL refuses a statement that touc
 key twice (``ON CONFLICT DO UPDATE command cannot affect row a second time``) and SQLite would
 silently apply both, so a bug that only one database shows can never reach either. Then they go
 out in batches of ``BATCH_SIZE`` through one prepared statement each. On SQLite, a batch is one
-statement of many ``VALUES`` rows, executed while a thread prepares the next one (``_MultiRow``).
+statement of many ``VALUES`` rows, executed while a thread prepares the next one (``_MultiRow``);
+on PostgreSQL, many rows are copied into a temporary table and upserted by one statement
+(``_CopyUpsert``).
 
 How each column merges with the stored row is declared per call: ``add`` (counts), ``least``
 and ``greatest`` (first and last seen), ``replace`` (the new value wins), ``newer`` (the new value
