@@ -8,15 +8,14 @@ address pair, so the shares need nothing from each other), and send their Observ
 the number of the frame of each, through pipes; the first one also hashes the file, where it
 lies, in a thread of the lowest priority, and finishes the hash once it has sent its last
 Observations (only the file's commit needs the digest: the last window is written meanwhile).
-This process merges them back into the file's order and aggregates them
-into windows while the children decode on. The Observations, hence the batches and the
-windows, are exactly those of the scan that decodes in its own process (``flush_at`` keys,
-then the rest), so the stored result is the same (``tests/agent/test_parallel_scan.py``, and
-``tests/collectors/test_shares.py`` for the merge on every corpus capture). The children send
-Observations rather than windows because a file's last window can only be written once the
-whole file is decoded: aggregating it here, as the Observations arrive, leaves nothing but the
-write after the decoding. (A window costs its identity resolution whatever its size, so
-windows are not made smaller.)
+This process merges them back into the file's order and aggregates them into windows while the
+children decode on. The Observations, hence the batches and the windows, are exactly those of
+the scan that decodes in its own process (``flush_at`` keys, then the rest), so the stored
+result is the same (``tests/agent/test_parallel_scan.py``, and ``tests/collectors/test_shares.py``
+for the merge on every corpus capture). The children send Observations rather than windows
+because a file's last window can only be written once the whole file is decoded: aggregating it
+here, as the Observations arrive, leaves nothing but the write after the decoding. (A window
+costs its identity resolution whatever its size, so windows are not made smaller.)
 
 What else runs beside the decoding:
 
@@ -296,14 +295,11 @@ def long_lived() -> Iterator[None]:
     collection in the middle walks them all (30 ms for a scan's imports), and they would stay in
     the young generations, walked again by the next ones. Frozen, no collection sees them again.
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+    with collector_paused():
+        try:
+            yield
+        finally:
+            gc.freeze()  # before the collector is back
 
 
 @contextmanager
@@ -311,8 +307,8 @@ def collector_paused() -> Iterator[None]:
     """No automatic collection while a window is written or received (bounded work, no decoding).
 
     Writing allocates rows by the ten thousand, and unpacking a child's batch its Observations:
-    they would trigger half of a scan's collections for nothing (they are acyclic; reference counting frees
-    them).
+    they would trigger half of a scan's collections for nothing (they are acyclic; reference
+    counting frees them).
     """
     enabled = gc.isenabled()
     gc.disable()
