@@ -282,6 +282,33 @@ def _fold(rounds: list[list[dict[str, Any]]]) -> dict[tuple[int, str], tuple[Any
     return expected
 
 
+def _rounds(eps: list[int], size: int, *, names: int, shifts: tuple[int, ...]) -> list[list[dict[str, Any]]]:
+    """Rounds of ``size`` rows over ``names`` values: keys repeat within and across rounds."""
+    return [
+        [
+            obs_row(
+                eps[(i * 7 + shift) % len(eps)],
+                f"h{i % names}.example",
+                at(i % 97 + shift),
+                at(i % 89 + 100 + shift),
+                i % 5 + 1,
+                attrs={"n": i, "round": shift},
+                peer=f"192.0.2.{i % 250}",
+            )
+            for i in range(size)
+        ]
+        for shift in shifts
+    ]
+
+
+def _folded(db: Store) -> dict[tuple[int, str], tuple[Any, ...]]:
+    """The observations table in ``_fold``'s form."""
+    return {
+        key: (row.count, row.first_seen, row.last_seen, row.attrs, row.peer)
+        for key, row in _observations(db).items()
+    }
+
+
 def _helpers_alive() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == "upsert parameters"]
 
@@ -302,29 +329,11 @@ def test_many_statements_of_many_rows_give_what_one_row_at_a_time_gives(
     interval = sys.getswitchinterval()
     with db.write() as session:
         eps = make_endpoints(session, *(f"00:00:00:00:01:{i:02x}" for i in range(30)))
-    rounds = [
-        [
-            obs_row(
-                eps[(i * 7 + shift) % 30],
-                f"h{i % 400}.example",
-                at(i % 97 + shift),
-                at(i % 89 + 100 + shift),
-                i % 5 + 1,
-                attrs={"n": i, "round": shift},
-                peer=f"192.0.2.{i % 250}",
-            )
-            for i in range(2500)
-        ]
-        for shift in (0, 3)
-    ]
+    rounds = _rounds(eps, 2500, names=400, shifts=(0, 3))
     for rows in rounds:
         with db.write() as session:
             upsert_observations(session, rows)
-    stored = {
-        key: (row.count, row.first_seen, row.last_seen, row.attrs, row.peer)
-        for key, row in _observations(db).items()
-    }
-    assert stored == _fold(rounds)
+    assert _folded(db) == _fold(rounds)
     assert sys.getswitchinterval() == interval
     # SQLite went through the multi-row statements and their helper (PostgreSQL: executemany).
     started = helpers.count("upsert parameters")
@@ -397,32 +406,19 @@ def test_postgresql_copies_many_rows_and_gives_what_executemany_gives(
     monkeypatch.setattr(store._upsert._CopyUpsert, "run", run)
     with db.write() as session:
         eps = make_endpoints(session, *(f"00:00:00:00:02:{i:02x}" for i in range(20)))
-    rounds = [
-        [
-            obs_row(
-                eps[(i * 3 + shift) % 20],
-                f"h{i % 300}.example",
-                at(i % 53 + shift),
-                at(i % 47 + 60 + shift),
-                i % 4 + 1,
-                attrs={"n": i, "round": shift, "text": "tab\there, «quote» \\ and \\N"},
-                peer=None if i % 7 == 0 else f"192.0.2.{i % 250}",
-            )
-            for i in range(900)
-        ]
-        for shift in (0, 5, 9)
-    ]
+    rounds = _rounds(eps, 900, names=300, shifts=(0, 5, 9))
+    for rows in rounds:  # what COPY's text format must escape, and NULLs
+        for i, row in enumerate(rows):
+            row["attrs"]["text"] = "tab\there, «quote» \\ and \\N"
+            if i % 7 == 0:
+                row["peer"] = None
     settings = [(1, True), (10**9, True), (1, False)]  # (PG_COPY_MIN_ROWS, temporary tables allowed)
     for rows, (threshold, allowed) in zip(rounds, settings, strict=True):
         monkeypatch.setattr(store._upsert, "PG_COPY_MIN_ROWS", threshold)
         monkeypatch.setattr(store._upsert._CopyUpsert, "allowed", staticmethod(lambda _c, a=allowed: a))
         with db.write() as session:
             upsert_observations(session, rows)
-    stored = {
-        key: (row.count, row.first_seen, row.last_seen, row.attrs, row.peer)
-        for key, row in _observations(db).items()
-    }
-    assert stored == _fold(rounds)
+    assert _folded(db) == _fold(rounds)
     if db.dialect == "postgresql":
         assert copies == [len({(r["endpoint_id"], r["value"]) for r in rounds[0]})]
         with db.session() as session:  # the staging table went with its transaction
