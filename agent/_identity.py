@@ -475,6 +475,7 @@ class IdentityResolver:
         stored = self._stored(session, {*aliases.values(), *(row.id for row in by_identity.values())})
 
         survivors: list[_Stored | None] = []
+        rekeyed: dict[int, _Stored] = {}
         for component, component_keys in zip(components, keys, strict=True):
             candidates = {aliases[key] for key in component_keys if key in aliases}
             candidates |= {
@@ -501,14 +502,24 @@ class IdentityResolver:
             kind, identity, randomized = self._best_identity(component)
             if _rank(kind, randomized) < _rank(survivor.kind, survivor.randomized):
                 # The device is now better known (a client id for a random MAC): re-key it.
-                session.execute(
-                    update(Endpoint)
-                    .where(Endpoint.id == survivor.id)
-                    .values(identity_kind=kind, identity=p(identity), randomized_mac=randomized),
-                    execution_options=_BULK,
-                )
                 survivor.kind, survivor.identity, survivor.randomized = kind, p(identity), randomized
+                rekeyed[survivor.id] = survivor
             survivors.append(survivor)
+        if rekeyed:
+            # One statement for them all (a window may upgrade hundreds of random MACs at once),
+            # each endpoint with its final identity, before the rows below name it.
+            session.execute(
+                update(Endpoint),
+                [
+                    {
+                        "id": row.id,
+                        "identity_kind": row.kind,
+                        "identity": row.identity,
+                        "randomized_mac": row.randomized,
+                    }
+                    for row in rekeyed.values()
+                ],
+            )
         # Rows after every decision: two devices of this window may have led to one stored endpoint,
         # whose identity the second may have upgraded; both rows must carry its final identity.
         rows: list[dict[str, Any]] = []

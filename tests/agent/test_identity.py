@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from agent._aggregate import FlushResult, StoreWriter
 from agent._identity import (
@@ -213,6 +213,33 @@ def test_a_random_mac_is_rekeyed_when_its_client_id_appears(site: Site) -> None:
     (after,) = site.endpoints()
     assert after.id == before.id
     assert (after.identity_kind, after.identity) == (IdentityKind.DHCP_CLIENT_ID, "ff:aa:bb")
+
+
+def test_many_random_macs_better_known_at_once_are_rekeyed_in_one_statement(site: Site) -> None:
+    macs = [f"da:00:00:00:{i // 256:02x}:{i % 256:02x}" for i in range(300)]
+    site.window([obs(i, "a.example", f"10.3.{i // 250}.{i % 250 + 1}", mac) for i, mac in enumerate(macs)])
+    before = {row.mac: row.id for row in site.endpoints()}
+    assert len(before) == len(macs)
+    updates: list[tuple[str, bool]] = []
+
+    def seen(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("UPDATE ENDPOINTS"):
+            updates.append((statement, executemany))
+
+    event.listen(site.store.engine, "before_cursor_execute", seen)
+    try:
+        site.window([item for i, mac in enumerate(macs) for item in dhcp(1000 + i, mac, cid=f"ff:{i:04x}")])
+    finally:
+        event.remove(site.store.engine, "before_cursor_execute", seen)
+    after = site.endpoints()
+    assert {row.mac: row.id for row in after} == before  # the same endpoints, re-keyed in place
+    assert {(row.mac, row.identity_kind, row.identity) for row in after} == {
+        (mac, IdentityKind.DHCP_CLIENT_ID, f"ff:{i:04x}") for i, mac in enumerate(macs)
+    }
+    assert all(row.randomized_mac for row in after)
+    assert [executemany for _, executemany in updates] == [True], updates
 
 
 def test_two_devices_of_a_window_that_are_one_stored_endpoint(site: Site) -> None:
