@@ -293,7 +293,9 @@ def long_lived() -> Iterator[None]:
 
     Start-up makes hundreds of thousands of objects that live as long as the process: a
     collection in the middle walks them all (30 ms for a scan's imports), and they would stay in
-    the young generations, walked again by the next ones. Frozen, no collection sees them again.
+    the young generations, walked again by the next ones. Frozen, no collection sees them until
+    a file's scan ends (``old_objects_frozen`` unfreezes everything then, and the next file's
+    scan freezes what is alive again).
     """
     with collector_paused():
         try:
