@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     JSON,
@@ -85,11 +85,18 @@ class UtcDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
 
+        recent = _RECENT_TEXT
+
         def process(value: datetime | float | None) -> str | None:
             if value is None:
                 return None
             if value.__class__ is float:
-                return _epoch_text(value)
+                text = recent.get(value)
+                if text is None:
+                    if len(recent) >= _RECENT_MAX:
+                        recent.clear()
+                    text = recent[value] = _epoch_text(value)
+                return text
             if isinstance(value, int | float):
                 return _epoch_text(float(value))
             if value.tzinfo is None:
@@ -118,6 +125,17 @@ UTC_DATETIME = UtcDateTime()
 
 #: ``YYYY-MM-DD HH:MM:SS`` of recent whole seconds: a capture writes many times within each second.
 _SECOND_TEXT: dict[int, str] = {}
+#: ``000`` to ``999``: the microseconds are written as two of them (no format spec parsed per call).
+_THREE_DIGITS: Final = tuple(f"{number:03d}" for number in range(1000))
+#: Epoch seconds -> stored text, for the latest instants written (cleared when ``_RECENT_MAX`` are
+#: held). A capture's rows repeat instants: most aggregated keys are seen once, so their first
+#: and last seen are the same, and one packet gives several rows. A multi-row statement binds
+#: its first-seen column, then its last-seen column, a thousand values apart at most (500 rows).
+#: On the 38,800 rows of the bench capture's window, 31,122 distinct instants among 77,600: with
+#: the microseconds from ``_THREE_DIGITS``, the window's write went from 3,711 to 3,502 million
+#: instructions (callgrind).
+_RECENT_TEXT: dict[float, str] = {}
+_RECENT_MAX: Final = 4096
 
 
 def _epoch_text(ts: float) -> str:
@@ -131,7 +149,8 @@ def _epoch_text(ts: float) -> str:
         if len(_SECOND_TEXT) >= 65_536:
             _SECOND_TEXT.clear()
         text = _SECOND_TEXT[second] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
-    return f"{text}.{micro:06d}"
+    digits = _THREE_DIGITS
+    return f"{text}.{digits[micro // 1000]}{digits[micro % 1000]}"
 
 
 class Base(DeclarativeBase):

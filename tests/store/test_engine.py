@@ -6,9 +6,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select, text
+from sqlalchemy.dialects import sqlite
 
+import store._models
 from store import Agent, Store, StoreError, make_engine, normalise_url, open_store
+from store._models import UtcDateTime
 
 
 @pytest.mark.parametrize(
@@ -86,6 +91,38 @@ def test_times_come_back_aware_utc(db: Store) -> None:
     assert agent.first_seen == datetime(2025, 6, 1, 10, 0, tzinfo=UTC)
     assert agent.first_seen.tzinfo == UTC
     assert agent.last_heartbeat == datetime(2025, 6, 1, 10, 0, 0, 5, tzinfo=UTC)
+
+
+#: 1970 to 2100, in epoch seconds, with whatever fraction.
+_INSTANTS = st.floats(min_value=0.0, max_value=4_102_444_800.0, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_INSTANTS, min_size=1, max_size=40))
+def test_epoch_seconds_are_stored_as_the_text_of_their_datetime(instants: list[float]) -> None:
+    """Bulk writers bind epoch floats: SQLite must get the very text a datetime gets (min/max compare text).
+
+    Each instant is bound twice, as the first and last seen of one row are: the second time
+    comes from the memo of recent instants.
+    """
+    process = UtcDateTime().bind_processor(sqlite.dialect())
+    assert process is not None
+    for ts in instants:
+        expected = process(datetime.fromtimestamp(ts, UTC))
+        assert process(ts) == expected
+        assert process(ts) == expected
+        assert process(int(ts)) == process(datetime.fromtimestamp(int(ts), UTC))
+
+
+def test_the_memo_of_recent_instants_stays_bounded() -> None:
+    process = UtcDateTime().bind_processor(sqlite.dialect())
+    assert process is not None
+    start = 1_700_000_000.25
+    texts = [process(start + step) for step in range(store._models._RECENT_MAX * 2 + 7)]
+    assert len(store._models._RECENT_TEXT) <= store._models._RECENT_MAX
+    assert texts[0] == "2023-11-14 22:13:20.250000"
+    assert texts[-1] == process(datetime.fromtimestamp(start + len(texts) - 1, UTC))
+    assert process(start) == texts[0]  # written again after the memo was cleared
 
 
 def test_opening_twice_does_not_migrate_again(db_url: str) -> None:
