@@ -45,6 +45,7 @@ from store import (
     EndpointAlias,
     IdentityKind,
     ObservationAggregate,
+    among,
     upsert_aliases,
     upsert_endpoints,
     upsert_observations,
@@ -93,7 +94,6 @@ CLIENT_NAME_KINDS: Final = frozenset(
 )
 _NOT_A_HOST: Final = frozenset({"0.0.0.0", "255.255.255.255"})  # noqa: S104 - compared, never bound
 _PSEUDONYM_HEX: Final = 24  # 96 bits: no collision among a hospital's devices, short in exports
-_SQL_CHUNK: Final = 500  # bound parameters per IN (...): well under SQLite's limit
 #: Bulk statements on rows never loaded as ORM objects: no session synchronisation to do.
 _BULK: Final = {"synchronize_session": False}
 
@@ -774,11 +774,9 @@ class IdentityResolver:
     def _aliases(self, session: Session, keys: Sequence[str]) -> dict[str, int]:
         """Stored alias -> endpoint id, for the aliases among ``keys`` that exist."""
         found: dict[str, int] = {}
-        unique = sorted(set(keys))
-        for start in range(0, len(unique), _SQL_CHUNK):
-            chunk = unique[start : start + _SQL_CHUNK]
+        for condition in among(session, EndpointAlias.alias, sorted(set(keys))):
             query = select(EndpointAlias.alias, EndpointAlias.endpoint_id).where(
-                EndpointAlias.site == self.site, EndpointAlias.alias.in_(chunk)
+                EndpointAlias.site == self.site, condition
             )
             # Result has keys(): dict.update would take it for a mapping, so unpack the rows.
             found.update((alias, endpoint_id) for alias, endpoint_id in session.execute(query))
@@ -789,15 +787,14 @@ class IdentityResolver:
     ) -> dict[str, tuple[int, datetime, datetime | None]]:
         """Stored lease bindings of these (stored-form) addresses: id, valid from, valid until."""
         found: dict[str, tuple[int, datetime, datetime | None]] = {}
-        unique = sorted(set(ips))
-        for start in range(0, len(unique), _SQL_CHUNK):
-            chunk = ["lease:" + ip for ip in unique[start : start + _SQL_CHUNK]]
+        aliases = ["lease:" + ip for ip in sorted(set(ips))]
+        for condition in among(session, EndpointAlias.alias, aliases):
             query = select(
                 EndpointAlias.alias,
                 EndpointAlias.endpoint_id,
                 EndpointAlias.first_seen,
                 EndpointAlias.valid_until,
-            ).where(EndpointAlias.site == self.site, EndpointAlias.alias.in_(chunk))
+            ).where(EndpointAlias.site == self.site, condition)
             for alias, endpoint_id, first_seen, valid_until in session.execute(query):
                 found[alias.removeprefix("lease:")] = (endpoint_id, first_seen, valid_until)
         return found
@@ -809,10 +806,8 @@ class IdentityResolver:
         wanted = set(identities)
         values = sorted({value for _, value in wanted})
         found: dict[tuple[IdentityKind, str], _Stored] = {}
-        for start in range(0, len(values), _SQL_CHUNK):
-            query = select(*_STORED_COLUMNS).where(
-                Endpoint.site == self.site, Endpoint.identity.in_(values[start : start + _SQL_CHUNK])
-            )
+        for condition in among(session, Endpoint.identity, values):
+            query = select(*_STORED_COLUMNS).where(Endpoint.site == self.site, condition)
             for row in session.execute(query):
                 if (row.identity_kind, row.identity) in wanted:
                     found[row.identity_kind, row.identity] = _stored(row)
@@ -826,9 +821,8 @@ class IdentityResolver:
             missing = sorted(wanted - found.keys())
             if not missing:
                 break
-            for start in range(0, len(missing), _SQL_CHUNK):
-                query = select(*_STORED_COLUMNS).where(Endpoint.id.in_(missing[start : start + _SQL_CHUNK]))
-                for row in session.execute(query):
+            for condition in among(session, Endpoint.id, missing):
+                for row in session.execute(select(*_STORED_COLUMNS).where(condition)):
                     found[row.id] = _stored(row)
             wanted = {row.merged_into for row in found.values() if row.merged_into is not None} - found.keys()
         return found

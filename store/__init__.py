@@ -18,6 +18,7 @@ The public surface (everything else is private to the package):
 - the models and their enumerations (``store._models`` documents the schema).
 """
 
+from store._among import among
 from store._engine import (
     Store,
     StoreError,
@@ -108,6 +109,7 @@ __all__ = [
     "StoreError",
     "UtcDateTime",
     "alembic_config",
+    "among",
     "apply_inventory",
     "current_revision",
     "head_revision",

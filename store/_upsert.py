@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from store._among import among
 from store._models import Agent, Base, Detection, Endpoint, EndpointAlias, IdentityKind, ObservationAggregate
 
 #: Rows per executed batch: big enough to amortise the round trip, small enough to stay in cache.
@@ -565,9 +566,9 @@ def upsert_endpoints(
     ids: dict[tuple[IdentityKind, str], int] = {}
     for site, identities in wanted.items():
         values = sorted({identity for _, identity in identities})
-        for start in range(0, len(values), BATCH_SIZE // 2):
+        for condition in among(connection, columns.identity, values):
             query = select(columns.id, columns.identity_kind, columns.identity).where(
-                columns.site == site, columns.identity.in_(values[start : start + BATCH_SIZE // 2])
+                columns.site == site, condition
             )
             for row_id, kind, identity in connection.execute(query):
                 if (kind, identity) in identities:
