@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 from agent._review import evidence_signals, log_change, sync_alerts
 from collectors import InvalidObservation, canonical_ip, canonical_mac
 from fingerprints import AI_CATEGORIES, UNKNOWN, Catalog, Product, load_catalog
+from store._among import among
 from store._inventory import GENERIC_WORDS, as_utc, fold, product_keys
 from store._models import (
     Alert,
@@ -62,7 +63,6 @@ DEVICE_CATEGORIES: Final = frozenset({"medical_device", "imaging_modality"})
 #: Deployments whose endpoints are the people using the product, not the product itself.
 USER_SIDE_DEPLOYMENTS: Final = frozenset({"saas", "desktop"})
 HOST_KINDS: Final = frozenset({"dns.query", "dns.answer", "tls.sni", "quic.sni", "http.host"})
-_CHUNK: Final = 500  # bound the size of IN (...) lists (SQLite allows 32766 parameters, keep it small)
 _WORD: Final = re.compile(r"[a-z0-9]{3,}")
 
 
@@ -215,11 +215,6 @@ class ReconcileResult:
 # -- gathering what was seen ----------------------------------------------------------------------
 
 
-def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
-
-
 def _valid_ip(value: str | None) -> str | None:
     # Pseudonymised stores keep keyed hashes instead of addresses: those are never compared.
     if not value:
@@ -296,13 +291,13 @@ def observed_products(
 def _add_endpoints(session: Session, groups: Mapping[str, ObservedProduct]) -> None:
     ids = sorted({endpoint_id for group in groups.values() for endpoint_id in group.endpoint_ids})
     endpoints: dict[int, Any] = {}
-    for chunk in _chunks(ids):
+    for condition in among(session, Endpoint.id, ids):
         endpoints.update(
             (endpoint.id, endpoint)
             for endpoint in session.execute(
                 select(
                     Endpoint.id, Endpoint.ip, Endpoint.mac, Endpoint.hostname, Endpoint.service, Endpoint.vlan
-                ).where(Endpoint.id.in_(chunk))
+                ).where(condition)
             )
         )
     ae_by_endpoint: dict[int, set[str]] = {}
@@ -314,13 +309,11 @@ def _add_endpoints(session: Session, groups: Mapping[str, ObservedProduct]) -> N
     kinds = sorted({kind for group in groups.values() for kind, _ in group.pairs})
     values = sorted({value for group in groups.values() for _, value in group.pairs})
     aggregate = ObservationAggregate
-    for chunk in _chunks(ids):
-        for values_chunk in _chunks(values):
+    for of_endpoints in among(session, aggregate.endpoint_id, ids):
+        for of_values in among(session, aggregate.value, values):
             rows = session.execute(
                 select(aggregate.endpoint_id, aggregate.kind, aggregate.value, aggregate.count).where(
-                    aggregate.endpoint_id.in_(chunk),
-                    aggregate.kind.in_(kinds),
-                    aggregate.value.in_(values_chunk),
+                    of_endpoints, aggregate.kind.in_(kinds), of_values
                 )
             )
             for endpoint_id, kind, value, count in rows:
@@ -328,7 +321,7 @@ def _add_endpoints(session: Session, groups: Mapping[str, ObservedProduct]) -> N
                 counted[kind, value] = counted.get((kind, value), 0) + count
         associations = session.execute(
             select(aggregate.endpoint_id, aggregate.attrs, aggregate.peer).where(
-                aggregate.endpoint_id.in_(chunk), aggregate.kind == "dicom.association"
+                of_endpoints, aggregate.kind == "dicom.association"
             )
         )
         for endpoint_id, attrs, peer in associations:
