@@ -15,7 +15,6 @@ The statement's text is the same for any number of values, so SQLAlchemy compile
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -24,6 +23,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+
+from store._engine import _dumps
 
 #: Values per ``in_()`` where one parameter cannot hold them all: well under SQLite's oldest
 #: limit of 999 variables.
@@ -45,7 +46,7 @@ def among(target: Connection | Session, column: Any, values: Sequence[str] | Seq
         yield column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
         return
     if name == "sqlite" and _has_json(connection):
-        array = json.dumps(list(values), ensure_ascii=False)
+        array = _dumps(list(values))  # the JSON columns' own writer: compact, orjson
         yield column.in_(select(func.json_each(array).table_valued("value").c.value).scalar_subquery())
         return
     for start in range(0, len(values), CHUNK):
