@@ -6,8 +6,8 @@ machine with two cores or more, ``DecodeWorker`` forks children that read the fi
 it, each its share of the address pairs (``collectors.Partition``: the decoder's state is per
 address pair, so the shares need nothing from each other), and send their Observations, with
 the number of the frame of each, through pipes; the first one also hashes the file, where it
-lies, in a thread of the lowest priority, and finishes the hash once it has sent its last
-Observations (only the file's commit needs the digest: the last window is written meanwhile).
+lies, once it has sent its last Observations (only the file's commit needs the digest: the last
+window is written meanwhile).
 This process merges them back into the file's order and aggregates them into windows while the
 children decode on. The Observations, hence the batches and the windows, are exactly those of
 the scan that decodes in its own process (``flush_at`` keys, then the rest), so the stored
@@ -99,84 +99,40 @@ class DecoderDied(Exception):
 
 
 def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file, on its own (a file whose content may be known already)."""
-    hasher = hashlib.sha256()
-    _hash_from(path, hasher, 0)
-    return hasher.hexdigest()
-
-
-def _hash_from(path: Path, hasher: Any, start: int, stop: threading.Event | None = None) -> int:
-    """Feed ``hasher`` the file from byte ``start``; return where it stopped (its size if not stopped).
+    """The SHA-256 of a file.
 
     A regular file is hashed where it lies (mapped in memory: nothing copied, its pages let go
-    as it goes); anything else is read. ``stop``: checked between blocks.
+    as it goes); anything else is read.
     """
+    hasher = hashlib.sha256()
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         try:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size > start else None
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         except (OSError, ValueError):  # not a mappable file (a pipe, a device): read it
             mapped = None
         if mapped is None:
-            if start:
-                handle.seek(start)
-            while not (stop is not None and stop.is_set()) and (data := handle.read(READ_SIZE)):
+            while data := handle.read(READ_SIZE):
                 hasher.update(data)
-                start += len(data)
-            return start
+            return hasher.hexdigest()
         if hasattr(mapped, "madvise"):
             mapped.madvise(mmap.MADV_SEQUENTIAL)
         with mapped, memoryview(mapped) as view:
-            while start < size:
-                if stop is not None and stop.is_set():
-                    break
+            for start in range(0, size, READ_SIZE):
                 with view[start : start + READ_SIZE] as block:
                     hasher.update(block)  # hashlib lets go of the GIL on large blocks
                 release_pages(mapped, start, start + READ_SIZE)
-                start = min(size, start + READ_SIZE)
-    return start
+    return hasher.hexdigest()
 
 
-class FileHasher(threading.Thread):
-    """``sha256_of`` a file beside its decoding: a thread that takes only the CPU nobody else wants.
+def lowest_priority() -> None:
+    """Run the calling thread at the lowest priority from now on (nice 19; per thread on Linux).
 
-    The thread runs at the lowest priority (nice 19, per thread on Linux): on a machine with as
-    many cores as decoders and writer, hashing beside them would slow them down, and only the
-    end of the scan needs the digest. ``hexdigest`` stops the thread where it got to and hashes
-    the rest in the calling thread, at that thread's priority (once the decoding is done).
+    Only where a thread's id names it: elsewhere the id may name the whole process.
     """
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(name=f"sha256 {path.name}", daemon=True)
-        self.path = path
-        self._hasher = hashlib.sha256()
-        self._done = 0
-        self._error: OSError | None = None
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        """Hash the file until it ends or the caller takes over."""
-        if sys.platform == "linux":  # a thread's own nice value (elsewhere the id may name a process)
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        try:
-            self._done = _hash_from(self.path, self._hasher, 0, self._stopped)
-        except OSError as exc:
-            self._error = exc
-
-    def hexdigest(self) -> str:
-        """The file's digest: the thread's part, then the rest here (raises the ``OSError`` of a read)."""
-        self.stop()
-        if self._error is not None:
-            raise self._error
-        self._done = _hash_from(self.path, self._hasher, self._done)
-        return self._hasher.hexdigest()
-
-    def stop(self) -> None:
-        """Stop the thread where it got to (idempotent)."""
-        self._stopped.set()
-        if self.is_alive():
-            self.join()
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 class Hasher(threading.Thread):
@@ -337,7 +293,7 @@ def default_decoders() -> int:
 
     On two cores a second decoder made the scan slower, measured (``bench/bench_scan.py``): the
     writer starts up and aggregates while the file is decoded, so both cores were busy already
-    (the hash takes only what is left, ``FileHasher``).
+    (the file is hashed after its decoding, ``_child``).
     """
     return max(1, min(usable_cpus() - 1, MAX_DECODERS))
 
@@ -634,8 +590,11 @@ def _child(
 ) -> None:
     """A decoding process: read the file, decode a share; send what it finds. The first hashes it.
 
-    A regular file is hashed by a thread where it lies (``FileHasher``); a pipe, read once, is
-    hashed as it is read.
+    A regular file is hashed where it lies once its last Observations are sent, at the lowest
+    priority (``sha256_of``): the writer needs the digest only to commit, after the last window,
+    and a hash beside the decoding slowed it down, measured on ``bench/bench_scan.py``'s capture
+    (a thread of nice 19 in this process: 1.09 s against 1.05 for the scan; two cores). A pipe,
+    read once, is hashed as it is read.
 
     At each chunk of the file (read, or scanned where it is mapped), every Observation of the
     frames decoded so far has been taken from the decoder: they go out with the number of frames
@@ -652,7 +611,6 @@ def _child(
     found: list[tuple[int, Observation]] = []
     first = partition.number == 0
     hasher = Hasher(path.name) if first and not regular else None
-    file_hasher = FileHasher(path) if first and regular else None
     position = 0
 
     def at_read(done: int) -> None:
@@ -666,8 +624,6 @@ def _child(
         with open(path, "rb") as handle, old_objects_frozen():
             if hasher is not None:
                 hasher.start()
-            if file_hasher is not None:
-                file_hasher.start()
             reader = Reader(handle, at_read, hasher)
             shares = decode_share(
                 cast(BinaryIO, reader), partition, agent=agent, source="pcap", stats=stats, chunk_done=at_read
@@ -679,12 +635,14 @@ def _child(
                 reader.drain()
             at_read(reader.done)
             # The end first: the writer aggregates and writes the last window while this
-            # process hashes what the low-priority thread left (only the commit needs it).
+            # process hashes the file (only the commit needs it). At the lowest priority: the
+            # next file's decoding processes may be at work beside this one's write already.
             put(("end", position, Decoded(stats)))
             if hasher is not None:
                 put(("digest", hasher.hexdigest()))
-            elif file_hasher is not None:
-                put(("digest", file_hasher.hexdigest()))
+            elif first:
+                lowest_priority()
+                put(("digest", sha256_of(path)))
     except BrokenPipeError:  # the parent is gone: nobody to tell
         pass
     except BaseException as exc:  # every failure goes to the parent, which decides
@@ -698,8 +656,6 @@ def _child(
     finally:
         if hasher is not None:
             hasher.stop()
-        if file_hasher is not None:
-            file_hasher.stop()
         send.close()
 
 

@@ -332,6 +332,23 @@ def test_a_pipe_is_read_once_by_one_child_that_hashes_it(index: Index, tmp_path:
     assert (report.decode.packets, snapshot(url)["observations"]) == (2000, 2000)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is a Linux feature")
+def test_the_hash_after_the_decoding_runs_at_the_lowest_priority_in_its_thread_only() -> None:
+    """``lowest_priority`` lowers the calling thread (the child's, once it has sent its end), not others."""
+    seen: dict[str, int] = {}
+
+    def lowered() -> None:
+        agent._decoding.lowest_priority()
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join(timeout=10)
+    assert seen["thread"] == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
 def test_a_file_is_hashed_where_it_lies_as_when_read(tmp_path: Path) -> None:
     """``sha256_of`` maps regular files (several blocks here, the last one short) and reads the rest."""
     data = os.urandom(2 * agent._decoding.READ_SIZE + 12345)
@@ -341,26 +358,11 @@ def test_a_file_is_hashed_where_it_lies_as_when_read(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     assert agent._decoding.sha256_of(path) == hashlib.sha256(data).hexdigest()
     assert agent._decoding.sha256_of(empty) == hashlib.sha256(b"").hexdigest()
-    hasher = agent._decoding.FileHasher(path)
-    hasher.start()
-    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
-
-
-def test_the_hash_is_finished_by_whoever_asks_where_the_thread_stopped(tmp_path: Path) -> None:
-    """``FileHasher.hexdigest`` stops the low-priority thread wherever it is, and hashes the rest."""
-    data = os.urandom(3 * agent._decoding.READ_SIZE + 777)
-    path = tmp_path / "blob"
-    path.write_bytes(data)
-    expected = hashlib.sha256(data).hexdigest()
-    never_started = agent._decoding.FileHasher(path)
-    assert never_started.hexdigest() == expected
-    reached: list[int] = []
-    for _ in range(5):
-        hasher = agent._decoding.FileHasher(path)
-        hasher.start()
-        time.sleep(0.0005)
-        hasher.stop()
-        reached.append(hasher._done)
-        assert hasher.hexdigest() == expected
-        assert hasher.hexdigest() == expected  # asked again: the same, nothing hashed twice
-    assert all(0 <= done <= len(data) for done in reached)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=fifo.write_bytes, args=(data,))
+    feeder.start()
+    try:
+        assert agent._decoding.sha256_of(fifo) == hashlib.sha256(data).hexdigest()
+    finally:
+        feeder.join(timeout=30)
