@@ -8,8 +8,9 @@ Runs, in one process, on the 500,000-packet mixed capture of ``../shared/bench``
 - ``lanterne scan`` in a subprocess into a fresh SQLite file, then into a fresh PostgreSQL schema
   (wall and CPU time of the child and its decoding process from ``wait4``, and the peak RSS of
   both together, sampled);
-  the SQLite scan again with ``--no-parallel`` (decoding in the scanning process) and with
-  ``--decoders 2`` (two decoding processes, each half of the address pairs), for comparison;
+  the SQLite scan again with ``--no-parallel`` (decoding in the scanning process), with
+  ``--decoders 2`` (two decoding processes, each half of the address pairs), and on the same
+  capture written as pcapng (``editcap -F pcapng``: Wireshark's format), for comparison;
   tshark and the SQLite scans run interleaved, round after round;
 - the same scan in-process without the start-up (catalogue load, imports), to show the pipeline;
 - raw aggregated upserts (``store.upsert_observations``, 1,000-row batches) into SQLite and
@@ -185,6 +186,15 @@ def ensure_capture(path: Path, packets: int) -> None:
     subprocess.run([sys.executable, str(generator), str(packets), str(path)], check=True)
 
 
+def ensure_pcapng(capture: Path) -> Path | None:
+    """The capture written as pcapng (what Wireshark and dumpcap write) beside it; None without editcap."""
+    pcapng = capture.with_suffix(".pcapng")
+    editcap = shutil.which("editcap")
+    if not pcapng.exists() and editcap is not None:
+        subprocess.run([editcap, "-F", "pcapng", str(capture), str(pcapng)], check=True)
+    return pcapng if pcapng.exists() else None
+
+
 @contextmanager
 def pg_schema(url: str) -> Iterator[str | None]:
     """A fresh schema in the PostgreSQL at ``url`` (None when unreachable), dropped afterwards."""
@@ -349,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scans: list[Run] = []
         serial: list[Run] = []
         two: list[Run] = []
+        as_pcapng: list[Run] = []
+        pcapng = ensure_pcapng(args.capture)
         for i in range(max(args.repeat, args.tshark_repeat)):
             if i < args.tshark_repeat and shutil.which("tshark"):
                 tsharks.append(bench_tshark(args.capture))
@@ -375,11 +387,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "2",
                 )[0]
             )
+            if pcapng is not None:
+                as_pcapng.append(
+                    bench_scan(pcapng, f"sqlite:///{directory / f'ng{i}.db'}", "  (the capture as pcapng)")[0]
+                )
         tshark = best(tsharks) if tsharks else None
         if tshark is not None:
             runs.append(tshark)
         sqlite_scan = best(scans)
-        runs += [sqlite_scan, best(serial), best(two)]
+        runs += [sqlite_scan, best(serial), best(two), *([best(as_pcapng)] if as_pcapng else [])]
         pg_scan = None
         pg_scans = []
         for _ in range(args.repeat):

@@ -7,6 +7,7 @@ stays bounded by the chunk size whatever the size of the file.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterator
 from typing import BinaryIO, Final
@@ -24,7 +25,9 @@ PCAP_MAGICS: Final = {
 }
 PCAPNG_SHB: Final = b"\x0a\x0d\x0d\x0a"
 
-Packet = tuple[float, int, bytes, int, int]
+Frames = bytes | mmap.mmap
+"""Where frames are read: a chunk of a capture, or the whole capture file mapped in memory."""
+Packet = tuple[float, int, Frames, int, int]
 
 
 class CaptureFormatError(ValueError):
@@ -127,52 +130,92 @@ def _tsresol(options: bytes, order: str) -> float:
 
 
 def _iter_pcapng(chunks: _Chunks) -> Iterator[Packet]:
-    order = "<"
-    interfaces: list[tuple[int, float]] = []
+    reader = PcapngReader()
     while True:
         if not chunks.ensure(12):
             if len(chunks.buf) - chunks.pos:
                 raise CaptureTruncated("capture ends inside a block header")
             return
-        buf, pos = chunks.buf, chunks.pos
-        btype = buf[pos : pos + 4]
-        if btype == PCAPNG_SHB:
+        length, packet = reader.read_block(chunks.buf, chunks.pos, len(chunks.buf))
+        if chunks.pos + length > len(chunks.buf):
+            if not chunks.ensure(length):
+                raise CaptureTruncated("capture ends inside a block")
+            length, packet = reader.read_block(chunks.buf, chunks.pos, len(chunks.buf))
+        chunks.pos += length
+        if packet is not None:
+            yield packet
+
+
+#: The shortest well-formed block of each type that carries fixed fields (type and length, the
+#: fields, the length again): a shorter one would have its fields read from the next block.
+_SHORTEST_BLOCK: Final = {1: 20, 2: 32, 3: 16, 6: 32}
+#: Link type of Ethernet frames (the only ones the scan loops may skip without decoding).
+_ETHERNET: Final = 1
+
+
+class PcapngReader:
+    """The blocks of a pcapng stream, one at a time: the state a section carries between them.
+
+    A section header sets the byte order and starts a new list of interfaces; each interface
+    description adds one (its link type and time resolution); packet blocks name theirs.
+    ``ethernet`` holds, per interface of the current section, 1 when it is Ethernet: the C scan
+    loop (``collectors._scan.scan_pcapng``) skips boring frames of those interfaces only.
+    """
+
+    __slots__ = ("ethernet", "interfaces", "order")
+
+    def __init__(self) -> None:
+        self.order = "<"
+        self.interfaces: list[tuple[int, float]] = []
+        self.ethernet = b""
+
+    def read_block(self, buf: Frames, pos: int, limit: int) -> tuple[int, Packet | None]:
+        """Read the block at ``pos`` (12 bytes at least before ``limit``): its length, and its packet if any.
+
+        When ``pos + length > limit`` the block is not complete yet: only its header was read
+        (read it again with more data). Raises ``CaptureFormatError`` for a corrupt block.
+        """
+        if buf[pos : pos + 4] == PCAPNG_SHB:
             magic = buf[pos + 8 : pos + 12]
             if magic == b"\x4d\x3c\x2b\x1a":
-                order = "<"
+                self.order = "<"
             elif magic == b"\x1a\x2b\x3c\x4d":
-                order = ">"
+                self.order = ">"
             else:
                 raise CaptureFormatError("pcapng section header with a bad byte-order magic")
-            interfaces = []  # a new section starts a new interface list
+            self.interfaces = []  # a new section starts a new interface list
+            self.ethernet = b""
+        order = self.order
         block_type, block_len = struct.unpack_from(order + "II", buf, pos)
         if block_len < 12 or block_len % 4 or block_len > MAX_RECORD + 64:
             raise CaptureFormatError(f"corrupt pcapng block length {block_len}")
-        if not chunks.ensure(block_len):
-            raise CaptureTruncated("capture ends inside a block")
-        buf, pos = chunks.buf, chunks.pos
-        chunks.pos = pos + block_len
+        if pos + block_len > limit:
+            return block_len, None
+        if block_len < _SHORTEST_BLOCK.get(block_type, 12):
+            raise CaptureFormatError(f"pcapng block of type {block_type} too short ({block_len} bytes)")
         body = pos + 8
+        interfaces = self.interfaces
         if block_type == 6:  # Enhanced Packet Block
             iface, ts_hi, ts_lo, caplen, _orig = struct.unpack_from(order + "IIIII", buf, body)
             if iface >= len(interfaces) or caplen > block_len - 32:
                 raise CaptureFormatError("enhanced packet block refers to an unknown interface or overflows")
             linktype, resolution = interfaces[iface]
-            yield ((ts_hi << 32) | ts_lo) * resolution, linktype, buf, body + 20, caplen
-        elif block_type == 3:  # Simple Packet Block: interface 0, no timestamp
+            return block_len, (((ts_hi << 32) | ts_lo) * resolution, linktype, buf, body + 20, caplen)
+        if block_type == 3:  # Simple Packet Block: interface 0, no timestamp
             if not interfaces:
                 raise CaptureFormatError("simple packet block before any interface")
             (orig,) = struct.unpack_from(order + "I", buf, body)
-            caplen = min(orig, block_len - 16)
-            yield 0.0, interfaces[0][0], buf, body + 4, caplen
-        elif block_type == 2:  # obsolete Packet Block
+            return block_len, (0.0, interfaces[0][0], buf, body + 4, min(orig, block_len - 16))
+        if block_type == 2:  # obsolete Packet Block
             iface, _drops, ts_hi, ts_lo, caplen, _orig = struct.unpack_from(order + "HHIIII", buf, body)
             if iface >= len(interfaces) or caplen > block_len - 32:
                 raise CaptureFormatError("packet block refers to an unknown interface or overflows")
             linktype, resolution = interfaces[iface]
-            yield ((ts_hi << 32) | ts_lo) * resolution, linktype, buf, body + 20, caplen
-        elif block_type == 1:  # Interface Description Block
+            return block_len, (((ts_hi << 32) | ts_lo) * resolution, linktype, buf, body + 20, caplen)
+        if block_type == 1:  # Interface Description Block
             linktype = struct.unpack_from(order + "H", buf, body)[0]
             options = bytes(buf[body + 8 : pos + block_len - 4])
             interfaces.append((linktype, _tsresol(options, order)))
+            self.ethernet += b"\x01" if linktype == _ETHERNET else b"\x00"
         # every other block (name resolution, statistics, custom…) is skipped by its length
+        return block_len, None

@@ -21,14 +21,23 @@ import socket
 import stat
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Final, cast
 from zlib import crc32
 
 from collectors import dhcp, dicom, dns, hl7, http, nbns, quic, snmp, ssdp, tls
-from collectors._capture import CHUNK_SIZE, CaptureFormatError, CaptureTruncated, iter_packets
+from collectors._capture import (
+    CHUNK_SIZE,
+    PCAPNG_SHB,
+    CaptureFormatError,
+    CaptureTruncated,
+    Frames,
+    PcapngReader,
+    iter_packets,
+)
 from collectors._context import PacketContext
 from collectors._errors import ParseError, Truncated
 from collectors._ipfrag import Defragmenter
@@ -81,8 +90,6 @@ PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
 
 UdpObserve = Callable[[bytes, PacketContext], list[Observation]]
-Frames = bytes | mmap.mmap
-"""Where frames are read: a chunk of a capture, or the whole capture file mapped in memory."""
 
 
 def _dns(payload: bytes, ctx: PacketContext) -> list[Observation]:
@@ -184,6 +191,22 @@ def _never_boring(buf: Frames, pos: int, endpos: int) -> None:
 
 _BORING: Final = _boring_pattern()
 _NEVER_BORING: Final = _never_boring
+
+
+def _skippable(match: re.Match[bytes] | None, buf: Frames, port_pairs: Mapping[int, Any]) -> bool:
+    """Whether a frame that ``_BORING`` matched (``match``) may be skipped.
+
+    A TCP segment with a dull first byte may still continue a stream start being reassembled:
+    only then is it worth reading its ports, and decoding it.
+    """
+    if match is None:
+        return False
+    return not (
+        port_pairs
+        and match.lastgroup == "tcp"
+        and _PORTS.unpack_from(buf, match.start("tcp") + 11)[0] in port_pairs
+    )
+
 
 # The optional C version of the scan loop (collectors/_scan.c), built with the package when a C
 # compiler is there. It applies the same rule as _BORING; the tests prove both paths agree.
@@ -622,7 +645,6 @@ class Decoder:
             self.stats.packets += skipped
             return pos
         boring = _BORING.match if linktype == LINKTYPE_ETHERNET else _NEVER_BORING
-        ports_at = _PORTS.unpack_from
         while True:
             frame = pos + 16
             if frame > limit:
@@ -633,16 +655,7 @@ class Decoder:
             end = frame + caplen
             if end > limit:
                 break
-            match = boring(buf, frame, end)
-            # A TCP segment with a dull first byte may still continue a stream start we are
-            # reassembling: only then is it worth reading its ports.
-            continues_stream = (
-                port_pairs
-                and match is not None
-                and match.lastgroup == "tcp"
-                and ports_at(buf, match.start("tcp") + 11)[0] in port_pairs
-            )
-            if match is not None and not continues_stream:
+            if _skippable(boring(buf, frame, end), buf, port_pairs):
                 skipped += 1
             else:
                 sec, frac = record_time(buf, pos)
@@ -650,6 +663,51 @@ class Decoder:
                 feed(sec + frac * resolution, linktype, buf, frame, caplen)
             pos = end
         self.stats.packets += skipped
+        return pos
+
+    def scan_pcapng(self, buf: Frames, pos: int, limit: int, reader: PcapngReader) -> int:
+        """Decode the complete pcapng blocks in ``buf[pos:limit]``; return where the rest starts.
+
+        ``scan_pcap`` for pcapng (what Wireshark and dumpcap write): in a little-endian section,
+        the C loop skips the boring frames of Ethernet interfaces and stops at every other block,
+        which ``reader`` reads (section and interface headers, the frames to decode, the format
+        errors). Without the C loop, or in a big-endian section, the ``_BORING`` pattern skips
+        boring Ethernet frames one by one.
+        """
+        feed = self.feed
+        stats = self.stats
+        port_pairs = self.streams.port_pairs
+        read_block = reader.read_block
+        scan = _scan.scan_pcapng if _scan is not None and self.accelerated else None
+        boring = _BORING.match
+        skipped = 0
+        while True:
+            fast = False
+            if scan is not None and reader.order == "<":
+                fast = True
+                pos, skipped_now, hit, _l4 = scan(buf, pos, limit, port_pairs, reader.ethernet)
+                skipped += skipped_now
+                if hit < 0:
+                    break
+            if limit - pos < 12:
+                break
+            length, packet = read_block(buf, pos, limit)
+            if pos + length > limit:
+                break
+            pos += length
+            if packet is None:
+                continue
+            ts, linktype, _, frame, caplen = packet
+            if (
+                not fast
+                and linktype == LINKTYPE_ETHERNET
+                and _skippable(boring(buf, frame, frame + caplen), buf, port_pairs)
+            ):
+                skipped += 1
+                continue
+            self.index = stats.packets + skipped
+            feed(ts, linktype, buf, frame, caplen)
+        stats.packets += skipped
         return pos
 
     def flush(self) -> list[Observation]:
@@ -788,20 +846,24 @@ def _run(
 ) -> Iterator[None]:
     """Decode ``handle``, pausing whenever ``decoder.out`` holds Observations.
 
-    A regular file holding a little-endian pcap is mapped in memory and scanned where it lies:
-    no chunk is copied (a sixth of the decoding time of a mostly-bulk capture). Anything else
-    (pcapng, a pipe, a file-like object) is read in chunks.
+    A regular file holding a little-endian pcap or a pcapng is mapped in memory and scanned
+    where it lies: no chunk is copied (a sixth of the decoding time of a mostly-bulk capture).
+    Anything else (a pipe, a file-like object) is read in chunks; a big-endian pcap, packet by
+    packet.
     """
     mapped = _mapped(handle)
     if mapped is not None:
         with mapped:
-            yield from _decode_pcap_mapped(decoder, mapped, chunk_done)
+            yield from _decode_mapped(decoder, mapped, chunk_done)
         decoder.stats.streams_evicted += decoder.streams.evicted
         return
     head = handle.read(24)
     try:
         if head[:4] in FAST_PCAP_MAGICS and len(head) == 24:
-            yield from _decode_pcap_fast(decoder, handle, head)
+            yield from _decode_chunks(decoder, handle, _pcap_scan(decoder, head))
+        elif head[:4] == PCAPNG_SHB:
+            scan = partial(decoder.scan_pcapng, reader=PcapngReader())
+            yield from _decode_chunks(decoder, _Prepend(head, handle), scan)
         else:
             feed = decoder.feed
             stats = decoder.stats
@@ -824,7 +886,7 @@ FAST_PCAP_MAGICS: Final = {b"\xd4\xc3\xb2\xa1": 1e-6, b"\x4d\x3c\xb2\xa1": 1e-9}
 
 
 def _mapped(handle: BinaryIO) -> mmap.mmap | None:
-    """``handle`` mapped read-only when it is a regular file holding a fast-path pcap, at its start."""
+    """``handle`` mapped read-only: a regular file (read from its start) of a fast-path pcap or a pcapng."""
     try:
         descriptor = handle.fileno()
         status = os.fstat(descriptor)
@@ -833,7 +895,7 @@ def _mapped(handle: BinaryIO) -> mmap.mmap | None:
         mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
-    if mapped[:4] not in FAST_PCAP_MAGICS:
+    if mapped[:4] not in FAST_PCAP_MAGICS and mapped[:4] != PCAPNG_SHB:
         mapped.close()
         return None
     if hasattr(mapped, "madvise"):
@@ -851,23 +913,36 @@ def release_pages(mapped: mmap.mmap, start: int, end: int) -> None:
         mapped.madvise(_DONTNEED, first, last - first)
 
 
-def _decode_pcap_mapped(
+Scan = Callable[[Frames, int, int], int]
+"""A scan loop over ``buf[pos:limit]`` (``Decoder.scan_pcap``...): returns where the incomplete rest is."""
+
+
+def _pcap_scan(decoder: Decoder, head: Frames) -> Scan:
+    """``decoder.scan_pcap`` for the little-endian pcap whose global header is ``head``."""
+    resolution = FAST_PCAP_MAGICS[bytes(head[:4])]
+    linktype = int.from_bytes(head[20:24], "little") & 0x03FFFFFF
+    return partial(decoder.scan_pcap, linktype=linktype, resolution=resolution)
+
+
+def _decode_mapped(
     decoder: Decoder, mapped: mmap.mmap, chunk_done: Callable[[int], None] | None
 ) -> Iterator[None]:
-    """The fast pcap loop over a mapped file, ``CHUNK_SIZE`` bytes at a time (records never split).
+    """The scan loop over a mapped pcap or pcapng file, ``CHUNK_SIZE`` bytes at a time (records never split).
 
     The pages scanned are let go as the loop goes (they stay in the page cache): the process
     holds a chunk of the file at a time, as when it reads it.
     """
-    resolution = FAST_PCAP_MAGICS[mapped[:4]]
-    linktype = int.from_bytes(mapped[20:24], "little") & 0x03FFFFFF
-    scan = decoder.scan_pcap
+    if mapped[:4] == PCAPNG_SHB:
+        scan: Scan = partial(decoder.scan_pcapng, reader=PcapngReader())
+        pos = 0
+    else:
+        scan = _pcap_scan(decoder, mapped[:24])
+        pos = 24
     size = len(mapped)
-    pos = 24
     while pos < size:
         if chunk_done is not None:
             chunk_done(pos)
-        end = scan(mapped, pos, min(pos + CHUNK_SIZE, size), linktype, resolution)
+        end = scan(mapped, pos, min(pos + CHUNK_SIZE, size))
         if decoder.out:
             yield
         if end == pos:  # not even one whole record before the end of the file
@@ -880,10 +955,8 @@ def _decode_pcap_mapped(
         chunk_done(size)
 
 
-def _decode_pcap_fast(decoder: Decoder, handle: BinaryIO, head: bytes) -> Iterator[None]:
-    resolution = FAST_PCAP_MAGICS[head[:4]]
-    linktype = int.from_bytes(head[20:24], "little") & 0x03FFFFFF
-    scan = decoder.scan_pcap
+def _decode_chunks(decoder: Decoder, handle: BinaryIO | _Prepend, scan: Scan) -> Iterator[None]:
+    """The scan loop over a stream read in chunks (past a pcap's global header; a pcapng from its start)."""
     tail = b""
     while True:
         chunk = handle.read(CHUNK_SIZE)
@@ -894,12 +967,12 @@ def _decode_pcap_fast(decoder: Decoder, handle: BinaryIO, head: bytes) -> Iterat
             # Finish the record that straddles the chunk boundary on a small joined copy, rather
             # than copying the whole chunk behind the tail.
             joined = tail + chunk[: 2 * MAX_FRAME]
-            pos = scan(joined, 0, len(joined), linktype, resolution)
+            pos = scan(joined, 0, len(joined))
             if pos >= len(tail):
                 start = pos - len(tail)
             else:
                 chunk = joined + chunk[2 * MAX_FRAME :]
-        pos = scan(chunk, start, len(chunk), linktype, resolution)
+        pos = scan(chunk, start, len(chunk))
         tail = chunk[pos:]
         if decoder.out:
             yield

@@ -7,7 +7,8 @@
  * frame, and hands back the first frame that Python must decode in full. It reads a handful of
  * header bytes, every read bounds-checked against the frame's end; it parses no protocol and
  * keeps nothing. The decoder falls back to the Python loop when this module is not built, and
- * the tests check that both paths decode every capture of the corpus identically.
+ * the tests check that both paths decode every capture of the corpus identically. Two walks
+ * share the rule: pcap records (scan_pcap) and pcapng Enhanced Packet Blocks (scan_pcapng).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -76,6 +77,16 @@ static int boring(const unsigned char *b, Py_ssize_t f, Py_ssize_t end, uint32_t
     return 1;  /* any other protocol: nothing to read */
 }
 
+/* 1: the TCP ports (sport << 16 | dport) are a key of port_pairs (a stream start being
+ * reassembled: its boring segments must be decoded too); 0: not; -1: an exception is set. */
+static int known_pair(PyObject *port_pairs, uint32_t ports) {
+    PyObject *key = PyLong_FromUnsignedLong(ports);
+    if (key == NULL) return -1;
+    int found = PyDict_Contains(port_pairs, key);
+    Py_DECREF(key);
+    return found;
+}
+
 /* scan_pcap(buf, pos, limit, port_pairs) -> (pos, skipped, hit, l4)
  *
  * Walk little-endian pcap records from pos; skip boring Ethernet frames; stop at the first frame
@@ -106,10 +117,7 @@ static PyObject *scan_pcap(PyObject *self, PyObject *args) {
         l4 = 0;
         int verdict = boring(b, frame, end, &ports, &l4);
         if (verdict == 2 && check_pairs) {
-            PyObject *key = PyLong_FromUnsignedLong(ports);
-            if (key == NULL) { PyBuffer_Release(&view); return NULL; }
-            int found = PyDict_Contains(port_pairs, key);
-            Py_DECREF(key);
+            int found = known_pair(port_pairs, ports);
             if (found < 0) { PyBuffer_Release(&view); return NULL; }
             if (found) {
                 verdict = 0;
@@ -123,6 +131,58 @@ static PyObject *scan_pcap(PyObject *self, PyObject *args) {
     PyBuffer_Release(&view);
     if (hit < 0) l4 = 0;
     return Py_BuildValue("nnnn", pos, skipped, hit, l4);
+}
+
+/* scan_pcapng(buf, pos, limit, port_pairs, ethernet) -> (pos, skipped, hit, l4)
+ *
+ * The same walk over the blocks of a little-endian pcapng section: skip the Enhanced Packet
+ * Blocks whose interface is Ethernet (ethernet[interface] != 0) and whose frame is boring;
+ * stop at any other block (section and interface headers, other packet blocks, a length or an
+ * interface the caller must check: it raises the format errors) with hit = its offset, or at
+ * the first block not complete in [pos, limit) (hit = -1; pos = its offset). Skips a block
+ * only where the Python reader accepts it (collectors._capture.PcapngReader). */
+#define MAX_BLOCK ((1 << 18) + 64)
+
+static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
+    Py_buffer view, ethernet;
+    Py_ssize_t pos, limit;
+    PyObject *port_pairs;
+    if (!PyArg_ParseTuple(args, "y*nnO!y*", &view, &pos, &limit, &PyDict_Type, &port_pairs, &ethernet))
+        return NULL;
+    if (limit > view.len || pos < 0) {
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&ethernet);
+        PyErr_SetString(PyExc_ValueError, "scan_pcapng: bounds outside the buffer");
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)view.buf;
+    const unsigned char *eth = (const unsigned char *)ethernet.buf;
+    Py_ssize_t skipped = 0, hit = -1, l4 = 0;
+    int check_pairs = PyDict_GET_SIZE(port_pairs) > 0;
+    while (pos + 12 <= limit) {
+        uint32_t type = le32(b + pos);
+        Py_ssize_t length = (Py_ssize_t)le32(b + pos + 4);
+        if (type != 6 || length < 32 || (length & 3) != 0 || length > MAX_BLOCK) { hit = pos; break; }
+        if (pos + length > limit) break;
+        uint32_t interface = le32(b + pos + 8);
+        Py_ssize_t caplen = (Py_ssize_t)le32(b + pos + 20);
+        if ((Py_ssize_t)interface >= ethernet.len || !eth[interface] || caplen > length - 32) { hit = pos; break; }
+        Py_ssize_t frame = pos + 28;
+        uint32_t ports = 0;
+        l4 = 0;
+        int verdict = boring(b, frame, frame + caplen, &ports, &l4);
+        if (verdict == 2 && check_pairs) {
+            int found = known_pair(port_pairs, ports);
+            if (found < 0) { PyBuffer_Release(&view); PyBuffer_Release(&ethernet); return NULL; }
+            if (found) verdict = 0;
+        }
+        if (verdict == 0) { hit = pos; break; }
+        skipped++;
+        pos += length;
+    }
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&ethernet);
+    return Py_BuildValue("nnnn", pos, skipped, hit, hit < 0 ? (Py_ssize_t)0 : l4);
 }
 
 /* init_start_bytes(bytes): the set of first TCP payload bytes worth a look. */
@@ -153,6 +213,7 @@ static PyObject *ports_used(PyObject *self, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"scan_pcap", scan_pcap, METH_VARARGS, "Skip boring pcap records; return (pos, skipped, hit, l4)."},
+    {"scan_pcapng", scan_pcapng, METH_VARARGS, "Skip boring pcapng packet blocks; return (pos, skipped, hit, l4)."},
     {"init_start_bytes", init_start_bytes, METH_O, "Set the first TCP payload bytes worth a look."},
     {"ports_used", ports_used, METH_NOARGS, "The (UDP, TCP) port sets compiled in."},
     {NULL, NULL, 0, NULL},
