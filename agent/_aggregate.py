@@ -32,7 +32,7 @@ from agent._window import Window
 from collectors import Kind
 from fingerprints import Detection as Assessed
 from fingerprints import Evidence, Index, RuleInfo, Side, rule_weight
-from store import Detection, upsert_agent, upsert_detections, upsert_observation_rows
+from store import Detection, among, upsert_agent, upsert_detections, upsert_observation_rows
 
 #: Evidence entries kept per detection (the strongest, then the earliest).
 MAX_EVIDENCE_PER_DETECTION: Final = 32
@@ -124,6 +124,9 @@ class StoreWriter:
         self.agent = agent
         self.resolver = resolver or IdentityResolver(site)
         self._rules: dict[str, RuleInfo | None] = {}
+        # Read now (the package's metadata), not in the first write: a scan makes its writer
+        # while the file is still being decoded.
+        self.version = lanterne_version()
 
     def write(self, session: Session, window: Window, *, now: datetime | None = None) -> FlushResult:
         """Write one window into the session's transaction (the caller commits)."""
@@ -141,7 +144,7 @@ class StoreWriter:
                 "site": self.site,
                 "first_seen": moment,
                 "last_heartbeat": moment,
-                "version": lanterne_version(),
+                "version": self.version,
                 "catalog_version": self.index.version,
             },
         )
@@ -241,7 +244,7 @@ class StoreWriter:
             return
         stored_ids: dict[int, dict[str, int]] = {}
         ids = sorted(fresh)
-        for start in range(0, len(ids), 500):
+        for of_endpoints in among(session, Detection.endpoint_id, ids):
             query = select(
                 Detection.id,
                 Detection.endpoint_id,
@@ -249,7 +252,7 @@ class StoreWriter:
                 Detection.evidence,
                 Detection.first_seen,
                 Detection.last_seen,
-            ).where(Detection.site == self.site, Detection.endpoint_id.in_(ids[start : start + 500]))
+            ).where(Detection.site == self.site, of_endpoints)
             for row_id, endpoint_id, key, evidence, first_seen, last_seen in session.execute(query):
                 stored_ids.setdefault(endpoint_id, {})[key] = row_id
                 # Entries written by other tools may lack their times: the detection's stand in.
@@ -276,10 +279,9 @@ class StoreWriter:
                 row_id for key, row_id in stored_ids.get(endpoint_id, {}).items() if key not in produced
             ]
         if stale:
-            for start in range(0, len(stale), 500):
+            for of_stale in among(session, Detection.id, stale):
                 session.execute(
-                    delete(Detection).where(Detection.id.in_(stale[start : start + 500])),
-                    execution_options={"synchronize_session": False},
+                    delete(Detection).where(of_stale), execution_options={"synchronize_session": False}
                 )
             result.removed_detections += len(stale)
         upsert_detections(session, rows)
