@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from agent._identity import Pseudonymiser
 
 #: Data (tables, JSON) goes to stdout; messages, progress and summaries to stderr.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 #: Where pseudonymous mode finds its key (the daemon's configuration reads the same variable).
 PSEUDONYM_KEY_ENV: Final = "LANTERNE_PSEUDONYM_KEY"

@@ -36,8 +36,8 @@ app = typer.Typer(
     help="The fingerprint catalogue: list, show, test, match.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 EXIT_CLEAN = 0
 EXIT_FAILURES = 1

@@ -111,3 +111,15 @@ def test_unreadable_database_is_a_usage_error(tmp_path: Path) -> None:
     code, _, stderr = run("nosuchdb://x", "inventory", "list")
     assert code == 2
     assert "error:" in stderr
+
+
+def test_names_are_printed_as_they_are_written(db: str, tmp_path: Path) -> None:
+    """Rich would turn ``:tv:`` or ``:smile:`` in a declared (or network-given) name into emoji."""
+    inventory = tmp_path / "inventory.csv"
+    inventory.write_text("nom;éditeur\r\nScribe :smile: IA;Nabla\r\nÉcran :tv: accueil;Acme\r\n", "utf-8")
+    code, _, stderr = run(db, "inventory", "import", str(inventory))
+    assert code == 0, stderr
+    code, stdout, stderr = run(db, "inventory", "list")
+    assert code == 0, stderr
+    assert "Scribe :smile: IA" in stdout
+    assert "Écran :tv: accueil" in stdout
