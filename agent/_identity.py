@@ -561,13 +561,21 @@ class IdentityResolver:
             "vendor": vendor[:128] if vendor else None,
             "service": None,
             "vlan": component.span.vlan,
-            "first_seen": _stamp(component.span.first),
-            "last_seen": _stamp(component.span.last),
+            # Epoch seconds, as the observation rows: ``UtcDateTime`` writes SQLite's text for
+            # them from its memo of recent instants (a device's first and last observations).
+            "first_seen": component.span.first,
+            "last_seen": component.span.last,
         }
 
     def _alias_row(
-        self, alias: str, endpoint_id: int, first: datetime, last: datetime, until: datetime | None = None
+        self,
+        alias: str,
+        endpoint_id: int,
+        first: float | datetime,
+        last: float | datetime,
+        until: float | datetime | None = None,
     ) -> dict[str, Any]:
+        """An alias row (times in epoch seconds or aware datetimes: ``UtcDateTime`` takes both)."""
         return {
             "site": self.site,
             "alias": alias,
@@ -653,8 +661,8 @@ class IdentityResolver:
                     "vendor": None,
                     "service": None,
                     "vlan": span.vlan,
-                    "first_seen": _stamp(span.first),
-                    "last_seen": _stamp(span.last),
+                    "first_seen": span.first,  # epoch seconds, as in ``_endpoint_row``
+                    "last_seen": span.last,
                 }
             )
         ids = upsert_endpoints(session, rows)
