@@ -57,7 +57,7 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -208,19 +208,31 @@ def batches(observations: Iterator[Observation], size: int) -> Iterator[list[Obs
 
 
 def full_windows(
-    observations: Iterator[Observation], aggregator: Aggregator, window_keys: int, batch_size: int
+    chunks: Iterable[list[Observation]], aggregator: Aggregator, window_keys: int, batch_size: int
 ) -> Iterator[Window]:
-    """Aggregate ``observations`` batch by batch; a window each time ``window_keys`` keys are held.
+    """Aggregate Observations as they come (lists of any length); a window when ``window_keys`` keys are held.
 
-    The one way a scan cuts a file into windows, wherever it is decoded: the same Observations
-    in the same order give the same windows. What is left at the end (the last window) stays in
-    ``aggregator`` for the caller to drain.
+    The one way a scan cuts a file into windows, wherever it is decoded: the window's size is
+    checked after every ``batch_size`` Observations of the file, and only then, so the same
+    Observations in the same order give the same windows however they arrive. What arrives is
+    aggregated at once (a decoding process sends what each chunk of the file held): once the
+    last Observations are in, only they are left to aggregate before the last window, not the
+    rest of a batch. What is left at the end (the last window) stays in ``aggregator`` for the
+    caller to drain.
     """
-    for batch in batches(observations, batch_size):
-        aggregator.add_all(batch)
-        gc.freeze()
-        if len(aggregator) >= window_keys:
-            yield aggregator.drain()
+    room = batch_size  # Observations until the next check
+    for chunk in chunks:
+        start, size = 0, len(chunk)
+        while size - start >= room:
+            aggregator.add_all(chunk if start == 0 and size == room else chunk[start : start + room])
+            start += room
+            room = batch_size
+            gc.freeze()
+            if len(aggregator) >= window_keys:
+                yield aggregator.drain()
+        if start < size:
+            aggregator.add_all(chunk if start == 0 else chunk[start:])
+            room -= size - start
 
 
 @contextmanager
@@ -428,8 +440,8 @@ class DecodeWorker:
         digest: str = message[1]
         return digest
 
-    def _merged(self, progress: Progress | None, ends: list[Decoded]) -> Iterator[Observation]:
-        """The children's Observations in the file's order; their results go to ``ends`` at the end."""
+    def _merged(self, progress: Progress | None, ends: list[Decoded]) -> Iterator[list[Observation]]:
+        """The children's Observations in the file's order, as they come; their results go to ``ends``."""
         shares = len(self._children)
         buffered: list[list[tuple[int, Observation]]] = [[] for _ in range(shares)]
         marks = [0] * shares
@@ -449,7 +461,9 @@ class DecodeWorker:
             elif message[0] == "end":
                 marks[share] = _NO_MORE
                 done[share] = message[2]
-            yield from _release(buffered, min(marks))
+            released = _release(buffered, min(marks))
+            if released:
+                yield released
         ends += [end for end in done if end is not None]
 
     def _receive(self, share: int) -> tuple[Any, ...]:
@@ -492,9 +506,10 @@ class DecodeWorker:
 
 #: A frame number past every frame: the mark of a share that has sent everything.
 _NO_MORE: Final = 1 << 62
+_OBSERVATION: Final = itemgetter(1)
 
 
-def _release(buffered: list[list[tuple[int, Observation]]], bound: int) -> Iterator[Observation]:
+def _release(buffered: list[list[tuple[int, Observation]]], bound: int) -> list[Observation]:
     """Take the buffered Observations of frames before ``bound`` out of every share, in frame order."""
     parts: list[list[tuple[int, Observation]]] = []
     for number, items in enumerate(buffered):
@@ -502,7 +517,9 @@ def _release(buffered: list[list[tuple[int, Observation]]], bound: int) -> Itera
         if cut:
             parts.append(items[:cut])
             buffered[number] = items[cut:]
-    return merge_shares(*parts)
+    if len(parts) == 1:  # one share, or one with anything to give: already in order
+        return list(map(_OBSERVATION, parts[0]))
+    return list(merge_shares(*parts))
 
 
 @dataclass(slots=True)

@@ -41,6 +41,7 @@ from agent._decoding import (
     Hasher,
     Progress,
     Reader,
+    batches,
     collector_paused,
     full_windows,
     old_objects_frozen,
@@ -259,7 +260,7 @@ class Scanner:
                 stats=report.decode,
                 chunk_done=progress,
             )
-            yield from full_windows(observations, aggregator, self.flush_at, batch_size)
+            yield from full_windows(batches(observations, batch_size), aggregator, self.flush_at, batch_size)
             if hasher is not None:
                 source.drain()
                 report.sha256 = hasher.hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import random
 import re
 import signal
 import subprocess
@@ -347,6 +348,35 @@ def test_the_hash_after_the_decoding_runs_at_the_lowest_priority_in_its_thread_o
     thread.join(timeout=10)
     assert seen["thread"] == 19
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_windows_are_cut_at_the_same_observations_however_they_arrive(index: Index) -> None:
+    """``full_windows`` aggregates lists of any length at once, and checks the size every batch only."""
+    rng = random.Random(11)
+    clients = [Endpoint(f"10.1.0.{n}", f"f4:8e:38:00:00:{n:02x}", 40000) for n in range(1, 30)]
+    server = Endpoint("10.0.0.53", "00:00:0c:9f:f0:01", 53)
+    observations = [
+        Observation(1.7e9 + i, Kind.DNS_QUERY, f"n{rng.randrange(400)}.example", rng.choice(clients), server)
+        for i in range(3000)
+    ]
+
+    def windows(chunks: Iterator[list[Observation]]) -> list[list[tuple[Any, ...]]]:
+        aggregator = agent._decoding.Aggregator(index, max_keys=2000)
+        cut = list(agent._decoding.full_windows(chunks, aggregator, 150, 64))
+        cut.append(aggregator.drain())
+        return [[(key, tuple(record[:3])) for key, record in window.observations.items()] for window in cut]
+
+    def arbitrary() -> Iterator[list[Observation]]:
+        start = 0
+        while start < len(observations):
+            size = rng.choice([0, 1, 5, 63, 64, 65, 200, 700])
+            yield observations[start : start + size]
+            start += size
+
+    expected = windows(agent._decoding.batches(iter(observations), 64))
+    assert len(expected) > 5
+    for _ in range(5):
+        assert windows(arbitrary()) == expected
 
 
 def test_a_file_is_hashed_where_it_lies_as_when_read(tmp_path: Path) -> None:
