@@ -186,10 +186,11 @@ def test_mutated_pcapng_files_decode_the_same_with_and_without_the_c_loop(
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randrange(1, 12)):
             data[rng.randrange(len(data))] = rng.randrange(256)
+        mapped = bool(rng.getrandbits(1))  # a file mapped in memory, or a stream: both loops alike
         results = []
         for accelerator in (decoder_module._scan, None):
             monkeypatch.setattr(decoder_module, "_scan", accelerator)
-            results.append(_scanned(bytes(data), tmp_path, mapped=bool(rng.getrandbits(1))))
+            results.append(_scanned(bytes(data), tmp_path, mapped=mapped))
         assert results[0] == results[1]
 
 
