@@ -190,8 +190,11 @@ def ensure_pcapng(capture: Path) -> Path | None:
     """The capture written as pcapng (what Wireshark and dumpcap write) beside it; None without editcap."""
     pcapng = capture.with_suffix(".pcapng")
     editcap = shutil.which("editcap")
-    if not pcapng.exists() and editcap is not None:
-        subprocess.run([editcap, "-F", "pcapng", str(capture), str(pcapng)], check=True)
+    stale = not pcapng.exists() or pcapng.stat().st_mtime < capture.stat().st_mtime
+    if stale and editcap is not None:
+        partial = pcapng.with_suffix(".pcapng.part")  # a run cut short leaves no half file behind
+        subprocess.run([editcap, "-F", "pcapng", str(capture), str(partial)], check=True)
+        partial.replace(pcapng)
     return pcapng if pcapng.exists() else None
 
 
