@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     JSON,
@@ -44,6 +44,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+try:  # the optional C version of ``_epoch_text`` (store/_timetext.c), built with the package
+    from store import _timetext
+except ImportError:  # no C compiler where it was installed: the same text, from Python
+    _timetext = None  # type: ignore[assignment]
 
 # Deterministic constraint names: Alembic migrations can refer to them on SQLite and PostgreSQL alike.
 NAMING_CONVENTION = {
@@ -84,28 +89,10 @@ class UtcDateTime(TypeDecorator[datetime]):
         """On SQLite, write SQLAlchemy's own text format in one C call (bulk upserts write millions)."""
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
-
-        recent = _RECENT_TEXT
-
-        def process(value: datetime | float | None) -> str | None:
-            if value is None:
-                return None
-            if value.__class__ is float:
-                text = recent.get(value)
-                if text is None:
-                    if len(recent) >= _RECENT_MAX:
-                        recent.clear()
-                    text = recent[value] = _epoch_text(value)
-                return text
-            if isinstance(value, int | float):
-                return _epoch_text(float(value))
-            if value.tzinfo is None:
-                return value.isoformat(" ", "microseconds")
-            if value.tzinfo is not UTC:
-                value = value.astimezone(UTC)
-            return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
-
-        return process
+        if _timetext is not None:
+            # Floats (what the bulk writers bind) formatted in C, to the same text; the rest in Python.
+            return cast(Callable[[datetime | None], Any], _timetext.Processor(sqlite_time_text))
+        return sqlite_time_text
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], datetime | None] | None:
         """On SQLite, parse the stored text with ``fromisoformat`` (C) rather than a regex."""
@@ -136,6 +123,32 @@ _THREE_DIGITS: Final = tuple(f"{number:03d}" for number in range(1000))
 #: instructions (callgrind).
 _RECENT_TEXT: dict[float, str] = {}
 _RECENT_MAX: Final = 4096
+
+
+def sqlite_time_text(value: datetime | float | None) -> str | None:
+    """The text ``UtcDateTime`` stores on SQLite: SQLAlchemy's own format, UTC, without offset.
+
+    Aware and naive datetimes (naive taken as UTC) and epoch seconds (what the bulk writers
+    bind) alike. ``store/_timetext.c`` does the same for floats in C where it is built (the
+    tests compare both).
+    """
+    if value is None:
+        return None
+    if value.__class__ is float:
+        recent = _RECENT_TEXT
+        text = recent.get(value)
+        if text is None:
+            if len(recent) >= _RECENT_MAX:
+                recent.clear()
+            text = recent[value] = _epoch_text(value)
+        return text
+    if isinstance(value, int | float):
+        return _epoch_text(float(value))
+    if value.tzinfo is None:
+        return value.isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
 
 
 def _epoch_text(ts: float) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import sqlite
 
 import store._models
 from store import Agent, Store, StoreError, make_engine, normalise_url, open_store
-from store._models import UtcDateTime
+from store._models import UtcDateTime, sqlite_time_text
 
 
 @pytest.mark.parametrize(
@@ -115,14 +115,86 @@ def test_epoch_seconds_are_stored_as_the_text_of_their_datetime(instants: list[f
 
 
 def test_the_memo_of_recent_instants_stays_bounded() -> None:
-    process = UtcDateTime().bind_processor(sqlite.dialect())
-    assert process is not None
+    process = sqlite_time_text  # the Python path (the C one keeps no memo)
     start = 1_700_000_000.25
     texts = [process(start + step) for step in range(store._models._RECENT_MAX * 2 + 7)]
     assert len(store._models._RECENT_TEXT) <= store._models._RECENT_MAX
     assert texts[0] == "2023-11-14 22:13:20.250000"
     assert texts[-1] == process(datetime.fromtimestamp(start + len(texts) - 1, UTC))
     assert process(start) == texts[0]  # written again after the memo was cleared
+
+
+_needs_c = pytest.mark.skipif(
+    store._models._timetext is None,
+    reason="store._timetext (optional C) is not built here: Python alone writes",
+)
+#: 1970 to 9999 (the C range) and a little beyond, on the microsecond grid and off it.
+_ANY_INSTANT = st.one_of(
+    st.floats(min_value=0.0, max_value=253_402_400_000.0),
+    st.builds(lambda s, us: s + us * 1e-6, st.integers(0, 253_402_300_799), st.integers(0, 999_999)),
+    st.builds(lambda s, us: s + (us + 0.5) * 1e-6, st.integers(0, 4_102_444_800), st.integers(0, 999_999)),
+    st.builds(lambda s: s - 5e-7, st.integers(1, 4_102_444_800)),
+    st.floats(min_value=-1e10, max_value=0.0),
+)
+
+
+@_needs_c
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_ANY_INSTANT, min_size=1, max_size=50))
+def test_the_c_formatter_writes_what_python_writes(instants: list[float]) -> None:
+    process = store._models._timetext.Processor(sqlite_time_text)
+    for ts in instants:
+        assert process(ts) == store._models._epoch_text(ts)
+
+
+@_needs_c
+@pytest.mark.parametrize(
+    "ts",
+    [
+        0.0,
+        0.0000005,
+        0.9999995,
+        0.9999999,
+        59.9999996,
+        951_782_399.9999996,  # 2000-02-28 23:59:59: the leap day next
+        951_868_799.5,  # 2000-02-29
+        4_107_542_399.0,  # 2100-02-28 23:59:59 (no leap day in 2100)
+        4_107_542_400.0,
+        1_700_000_000.25,
+        1_700_000_000.0000015,
+        253_402_300_798.9999,
+        253_402_300_799.0,  # from here on, Python decides
+        253_402_300_799.99999,
+    ],
+)
+def test_the_c_formatter_at_the_edges(ts: float) -> None:
+    process = store._models._timetext.Processor(sqlite_time_text)
+    assert process(ts) == sqlite_time_text(ts) == store._models._epoch_text(ts)
+    if ts < 253_402_300_799.0:  # the year 10000 has no datetime
+        assert process(ts) == sqlite_time_text(datetime.fromtimestamp(ts, UTC))
+
+
+@_needs_c
+def test_the_c_formatter_hands_everything_else_to_python() -> None:
+    process = store._models._timetext.Processor(sqlite_time_text)
+    paris = timezone(timedelta(hours=2))
+    for value in (
+        None,
+        1_700_000_000,
+        datetime(2025, 6, 1, 12, 0, tzinfo=paris),
+        datetime(2025, 6, 1, 10, 0, 0, 5),
+    ):
+        assert process(value) == sqlite_time_text(value)
+    assert process(-1.5) == sqlite_time_text(-1.5) == "1969-12-31 23:59:58.500000"
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises((ValueError, OverflowError)) as from_c:
+            process(bad)
+        with pytest.raises(type(from_c.value)):
+            sqlite_time_text(bad)
+    with pytest.raises(TypeError):
+        process()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        store._models._timetext.Processor("not callable")  # type: ignore[arg-type]
 
 
 def test_opening_twice_does_not_migrate_again(db_url: str) -> None:
