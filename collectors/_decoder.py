@@ -85,6 +85,9 @@ IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
 IPV6_FRAGMENT: Final = 44
 IPV6_AH: Final = 51
 MAX_IPV6_EXTENSIONS: Final = 8
+#: Address and MAC texts a decoder keeps (``Decoder._context``); forgotten all at once beyond.
+_MAX_NAMES: Final = 65_536
+_tuple_new = tuple.__new__
 
 PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
@@ -317,6 +320,8 @@ class Decoder:
         #: partition does: every decoder of a file reads every frame).
         self.counts_unowned = partition is None or partition.number == 0
         self.index = 0
+        self._names: dict[bytes, str] = {}
+        """Text of the IPv4 addresses (4 bytes) and MACs (6 bytes) seen lately (``_context``)."""
         """The number (from 0) of the frame being decoded: set by the loops that call ``feed``."""
         self.tags: list[int] | None = [] if partition is not None else None
         """With a partition: the frame number of each Observation in ``out``, in the same order."""
@@ -739,6 +744,38 @@ class Decoder:
         dport: int,
         vlan: int | None,
     ) -> PacketContext:
+        if family == socket.AF_INET:
+            # The same few thousand addresses and MACs come back packet after packet: their text
+            # is looked up (``inet_ntop`` and ``hex`` cost more than the lookup). IPv4 text from
+            # ``inet_ntop`` and MACs from ``hex(":")`` are canonical: the Endpoints need no check.
+            names = self._names
+            if len(names) >= _MAX_NAMES:
+                names.clear()
+            raw = buf[addr_off : addr_off + 4]
+            src_ip = names.get(raw)
+            if src_ip is None:
+                src_ip = names[raw] = socket.inet_ntop(family, raw)
+            raw = buf[addr_off + 4 : addr_off + 8]
+            dst_ip = names.get(raw)
+            if dst_ip is None:
+                dst_ip = names[raw] = socket.inet_ntop(family, raw)
+            src_text = dst_text = None
+            if src_mac is not None:
+                src_text = names.get(src_mac)
+                if src_text is None:
+                    src_text = names[src_mac] = src_mac.hex(":")
+            if dst_mac is not None:
+                dst_text = names.get(dst_mac)
+                if dst_text is None:
+                    dst_text = names[dst_mac] = dst_mac.hex(":")
+            return PacketContext(
+                ts,
+                _tuple_new(Endpoint, (src_ip, src_text, sport)),
+                _tuple_new(Endpoint, (dst_ip, dst_text, dport)),
+                self.source,
+                self.agent,
+                vlan,
+            )
         src_ip = socket.inet_ntop(family, buf[addr_off : addr_off + addr_len])
         dst_ip = socket.inet_ntop(family, buf[addr_off + addr_len : addr_off + 2 * addr_len])
         return PacketContext(
