@@ -266,6 +266,20 @@ def test_the_child_decodes_on_while_a_window_is_being_written(index: Index, tmp_
     assert sum(window.observed for window in (first, *rest)) == worker.result.stats.observations == 2000
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="F_SETPIPE_SZ is Linux's")
+def test_a_childs_pipe_holds_many_messages(index: Index, tmp_path: Path) -> None:
+    """The pipe a child writes to holds ``PIPE_BYTES``: it decodes on while nobody reads it."""
+    import fcntl  # Linux only, as the test
+
+    if int(Path("/proc/sys/fs/pipe-max-size").read_text()) < agent._decoding.PIPE_BYTES:
+        pytest.skip("this system caps pipes below PIPE_BYTES (fs.pipe-max-size): they keep 64 KiB")
+    path = capture(tmp_path / "pipe.pcap", packets=50, clients=3, names=["a.example.org"], seed=5)
+    with DecodeWorker(path, agent="a", decoders=2).start() as worker:
+        sizes = [fcntl.fcntl(child.connection.fileno(), fcntl.F_GETPIPE_SZ) for child in worker._children]
+        assert len(list(worker.windows(index))) == 1
+    assert sizes == [agent._decoding.PIPE_BYTES] * 2
+
+
 def test_observations_cross_the_pipe_unchanged() -> None:
     """``pack``/``unpack`` give back equal Observations, attrs, endpoints and kinds included."""
     observations = [
