@@ -2,7 +2,8 @@
 
 ``lanterne scan`` forks its first file's decoding processes here, before typer, rich and the
 catalogue are imported and the command line is parsed (``agent._prefetch.speculate``): they
-decode while the rest starts up. Every other command goes straight to ``agent.cli``.
+decode while the rest starts up; once it is done, the process ends at once (``agent._exit``).
+Every other command goes straight to ``agent.cli``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ def main() -> None:
 
         with long_lived():  # after the fork: the decoding processes keep their collector
             from agent.cli import main as cli_main  # noqa: PLC0415 - after the fork, on purpose
+        from agent import _exit  # noqa: PLC0415
+
+        _exit.arm()
+        try:
+            cli_main()
+        except SystemExit as exc:
+            _exit.leave(_exit.status_of(exc.code))
+        _exit.leave(0)
     else:
         from agent.cli import main as cli_main  # noqa: PLC0415
 
-    cli_main()
+        cli_main()

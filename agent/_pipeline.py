@@ -48,6 +48,7 @@ from agent._decoding import (
     sha256_of,
     use_worker,
 )
+from agent._exit import keep
 from agent._identity import IdentityResolver, Pseudonymiser
 from agent._reconcile import DEFAULT_LOOKBACK, ReconcileConfig, ReconcileResult, reconcile
 from agent._window import AggregateStats, Aggregator, Window
@@ -206,6 +207,7 @@ class Scanner:
                     with collector_paused():
                         report.stored.add(writer.write(session, window))
                     gc.freeze()
+                keep(window)  # a scan about to end leaves it to the system (``agent._exit``)
                 if worker is not None:
                     assert worker.result is not None, "windows() ends with the result"
                     report.sha256 = worker.sha256()
