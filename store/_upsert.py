@@ -190,10 +190,12 @@ def execute_many(
     batch_size: int = BATCH_SIZE,
     *,
     order_by: Sequence[str] = (),
+    returned: list[Any] | None = None,
 ) -> None:
-    """Execute a statement without RETURNING for many rows of ``table`` (mappings), through ``execute_rows``.
+    """Execute a statement for many rows of ``table`` (mappings), through ``execute_rows``.
 
     Rows that do not all carry exactly the same columns, all of ``table``, take SQLAlchemy's path.
+    ``returned``: the statement has a RETURNING clause; its rows are added to this list.
     """
     if not rows:
         return
@@ -204,7 +206,9 @@ def execute_many(
     wanted = rows[0].keys()
     if not set(columns) <= set(table.c.keys()) or any(row.keys() != wanted for row in rows):
         for start in range(0, len(rows), batch_size):
-            connection.execute(statement, list(rows[start : start + batch_size]))
+            result = connection.execute(statement, list(rows[start : start + batch_size]))
+            if returned is not None:
+                returned += result.all()
         return
     getter = itemgetter(*columns) if len(columns) > 1 else (lambda row: (row[columns[0]],))
     execute_rows(
@@ -215,6 +219,7 @@ def execute_many(
         list(map(getter, rows)),
         batch_size,
         order_by=[columns.index(name) for name in order_by],
+        returned=returned,
     )
 
 
@@ -227,13 +232,16 @@ def execute_rows(
     batch_size: int = BATCH_SIZE,
     *,
     order_by: Sequence[int] = (),
+    returned: list[Any] | None = None,
 ) -> None:
-    """Execute a statement without RETURNING for many rows of ``table``, tuples of ``columns``.
+    """Execute a statement for many rows of ``table``, tuples of ``columns``.
 
     SQLAlchemy's own executemany builds each row's parameters one by one, which costs more than
     SQLite spends storing them. Here the statement is compiled once and every column's bind
     processor (the same ones SQLAlchemy would use) runs over the whole batch column by column.
-    ``order_by``: the positions of the key, by which PostgreSQL gets the rows.
+    ``order_by``: the positions of the key, by which PostgreSQL gets the rows. ``returned``: the
+    statement has a RETURNING clause; its rows are added to this list (as the driver gives them,
+    or typed where SQLAlchemy runs the statement).
     """
     if not rows:
         return
@@ -245,19 +253,22 @@ def execute_rows(
     compiled = statement.compile(dialect=dialect, column_keys=list(columns))
     positional = compiled.positiontup is not None
     names: list[str] = list(compiled.positiontup) if positional else list(compiled.binds)
-    if sorted(names) != sorted(columns):  # it binds more than the rows' columns: SQLAlchemy's path
+    sql = compiled.string
+    multi = _MultiRow.of(sql, len(names)) if positional and dialect.name == "sqlite" else None
+    if sorted(names) != sorted(columns) or (returned is not None and multi is None):
+        # It binds more than the rows' columns, or returns rows (a driver's executemany returns
+        # none) without the multi-row form: SQLAlchemy's path.
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            connection.execute(statement, [dict(zip(columns, row, strict=True)) for row in batch])
+            result = connection.execute(statement, [dict(zip(columns, row, strict=True)) for row in batch])
+            if returned is not None:
+                returned += result.all()
         return
     positions = [columns.index(name) for name in names]
     processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
-    sql = compiled.string
-    if positional and dialect.name == "sqlite":
-        multi = _MultiRow.of(sql, len(names))
-        if multi is not None:
-            multi.run(connection, rows, positions, processors)
-            return
+    if multi is not None:
+        multi.run(connection, rows, positions, processors, returned)
+        return
     reorder = positions != list(range(len(columns)))
     getter = itemgetter(*positions) if len(positions) > 1 else (lambda row: (row[positions[0]],))
     if dialect.name == "postgresql" and len(rows) >= PG_COPY_MIN_ROWS:
@@ -425,8 +436,12 @@ class _MultiRow:
         rows: Sequence[Sequence[Any]],
         positions: Sequence[int],
         processors: Sequence[Callable[[Any], Any] | None],
+        returned: list[Any] | None = None,
     ) -> None:
-        """Execute the statement for every row (tuples; ``positions``: where each parameter is)."""
+        """Execute the statement for every row (tuples; ``positions``: where each parameter is).
+
+        ``returned``: the rows of the statement's RETURNING clause are added to it.
+        """
         width = self.width
         getters = [itemgetter(position) for position in positions]
 
@@ -443,7 +458,9 @@ class _MultiRow:
         per = max(1, min(SQLITE_STATEMENT_ROWS, limit // width))
         for start in range(0, len(rows), per):
             chunk = rows[start : start + per]
-            connection.exec_driver_sql(self.sql(len(chunk)), parameters(chunk))
+            result = connection.exec_driver_sql(self.sql(len(chunk)), parameters(chunk))
+            if returned is not None:
+                returned += result.fetchall()
 
 
 # -- the tables the aggregator writes ------------------------------------------------------------
@@ -557,9 +574,16 @@ def upsert_endpoints(
         newer=("mac", "ip", "hostname", "vendor", "service", "vlan", "randomized_mac"),
         stamp="last_seen",
     )
-    # Plain executemany, then the ids by identity: RETURNING would send each batch through
-    # SQLAlchemy's row-by-row path, several times slower than both statements together.
-    execute_many(connection, ENDPOINTS, statement, merged, order_by=("site", "identity_kind", "identity"))
+    order = ("site", "identity_kind", "identity")
+    if connection.dialect.name == "sqlite" and sqlite3.sqlite_version_info >= (3, 35):
+        # The ids come back with the rows (RETURNING, SQLite 3.35 and later): no query after.
+        returned: list[Any] = []
+        returning = statement.returning(columns.id, columns.identity_kind, columns.identity)
+        execute_many(connection, ENDPOINTS, returning, merged, order_by=order, returned=returned)
+        return {(IdentityKind(kind), identity): row_id for row_id, kind, identity in returned}
+    # Elsewhere, plain executemany, then the ids by identity: RETURNING would send each batch
+    # through SQLAlchemy's row-by-row path, several times slower than both statements together.
+    execute_many(connection, ENDPOINTS, statement, merged, order_by=order)
     wanted: dict[str, set[tuple[IdentityKind, str]]] = {}
     for row in merged:
         wanted.setdefault(row["site"], set()).add((IdentityKind(row["identity_kind"]), row["identity"]))

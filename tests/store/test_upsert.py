@@ -140,6 +140,40 @@ def test_endpoint_ids_and_columns_that_a_sighting_does_not_know(db: Store) -> No
     assert (row.first_seen, row.last_seen) == (at(-5), at(9))
 
 
+def test_endpoint_ids_of_many_rows_new_and_known_are_those_stored(db: Store) -> None:
+    """Thousands of identities over several statements (RETURNING on SQLite, a query elsewhere)."""
+    macs = [f"aa:aa:aa:aa:{i >> 8:02x}:{i & 0xFF:02x}" for i in range(2500)]
+    with db.write() as session:
+        known = upsert_endpoints(session, [endpoint_row(mac, seen=at(0)) for mac in macs[::3]])
+        ids = upsert_endpoints(session, [endpoint_row(mac, seen=at(5)) for mac in macs])
+    with db.session() as session:
+        stored = {
+            (IdentityKind(kind), identity): row_id
+            for row_id, kind, identity in session.execute(
+                select(Endpoint.id, Endpoint.identity_kind, Endpoint.identity)
+            )
+        }
+    assert ids == stored
+    assert len(ids) == len(macs)
+    assert all(ids[key] == row_id for key, row_id in known.items())
+    assert all(isinstance(kind, IdentityKind) for kind, _ in ids)
+
+
+def test_returned_rows_come_back_whatever_the_path(db: Store) -> None:
+    """RETURNING through ``execute_many``: SQLite's multi-row statements, SQLAlchemy's path elsewhere."""
+    table = store._upsert.ENDPOINTS
+    rows = [endpoint_row(f"bb:bb:bb:bb:{i >> 8:02x}:{i & 0xFF:02x}", seen=at(i)) for i in range(1200)]
+    with db.write() as session:
+        connection = session.connection()
+        statement = store._upsert._insert(connection, table).returning(table.c.id, table.c.identity)
+        returned: list[Any] = []
+        store._upsert.execute_many(connection, table, statement, rows, returned=returned)
+    with db.session() as session:
+        stored = {row.identity: row.id for row in session.execute(select(Endpoint.identity, Endpoint.id))}
+    assert sorted((identity, row_id) for row_id, identity in returned) == sorted(stored.items())
+    assert len(stored) == len(rows)
+
+
 def test_a_lease_moves_to_its_new_holder(db: Store) -> None:
     with db.write() as session:
         old, new = make_endpoints(session, "00:00:00:00:00:0a", "00:00:00:00:00:0b")
