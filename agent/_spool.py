@@ -120,7 +120,9 @@ def window_from_json(data: dict[str, Any], writer: StoreWriter) -> Window:
         if item is not None:
             evidence[ip, mac, rule] = [item, float(first), float(last), int(count)]
     peers = {(ip, mac) for ip, mac in data["peers"]}
-    return Window(observations, evidence, peers, dhcp_keys, int(data["observed"]))
+    return Window(
+        observations, evidence, peers, dhcp_keys, int(data["observed"]), Window.spans_of(observations)
+    )
 
 
 # -- applied batch ids ---------------------------------------------------------------------------

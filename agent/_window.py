@@ -63,6 +63,24 @@ class Window:
     dhcp_keys: list[ObsKey]
     observed: int
     """Observations added during the window (shed ones included)."""
+    spans: dict[Sighting, list[Any]]
+    """Source (IP, MAC) -> [first ts, last ts, attrs of the last] over the observations counted
+    (``spans_of`` rebuilds them from the records)."""
+
+    @staticmethod
+    def spans_of(observations: dict[ObsKey, list[Any]]) -> dict[Sighting, list[Any]]:
+        """The sources' spans from the records (a window rebuilt from elsewhere: the spool)."""
+        spans: dict[Sighting, list[Any]] = {}
+        for (ip, mac, _kind, _value), (_count, first, last, attrs, _peer) in observations.items():
+            span = spans.get((ip, mac))
+            if span is None:
+                spans[ip, mac] = [first, last, attrs]
+                continue
+            if first < span[0]:  # noqa: PLR1730 - no call: tens of thousands of records
+                span[0] = first
+            if last >= span[1]:
+                span[1], span[2] = last, attrs
+        return spans
 
     def sightings(self, is_local: Callable[[str], bool] | None = None) -> dict[Sighting, Span]:
         """Every (IP, MAC) that needs an endpoint: observation sources and evidence subjects.
@@ -72,21 +90,10 @@ class Window:
         """
         from agent._identity import Span  # noqa: PLC0415 - the writer's side only: it has the store loaded
 
-        # Plain lists per sighting first (thousands of sightings, tens of thousands of keys).
-        seen: dict[Sighting, list[Any]] = {}
-        get = seen.get
-        for key, record in self.observations.items():
-            sighting = key[:2]
-            entry = get(sighting)
-            if entry is None:
-                seen[sighting] = [record[1], record[2], record[3]]
-                continue
-            if record[1] < entry[0]:  # noqa: PLR1730 - no call: tens of thousands of records
-                entry[0] = record[1]
-            if record[2] >= entry[1]:
-                entry[1], entry[2] = record[2], record[3]
+        # The sources' spans were kept as the Observations came (``Aggregator.add_all``): the
+        # window's tens of thousands of records are not read again here.
         spans: dict[Sighting, Span] = {}
-        for sighting, (first, last, attrs) in seen.items():
+        for sighting, (first, last, attrs) in self.spans.items():
             vlan = attrs.get("vlan") if attrs else None
             spans[sighting] = Span(first, last, vlan if isinstance(vlan, int) else None)
         for (ip, mac, _rule), (evidence, first, last, _count) in self.evidence.items():
@@ -143,6 +150,7 @@ class Aggregator:
 
     def _reset(self) -> None:
         self._observations: dict[ObsKey, list[Any]] = {}
+        self._spans: dict[Sighting, list[Any]] = {}
         self._evidence: dict[EvKey, list[Any]] = {}
         self._peers: set[Sighting] = set()
         self._dhcp_keys: list[ObsKey] = []
@@ -173,6 +181,8 @@ class Aggregator:
         max_keys, max_peers = self.max_keys, self.max_peers
         dhcp_kinds = _DHCP_KINDS
         stats = self.stats
+        spans = self._spans
+        span_of = spans.get
         added = 0
         for obs in observations:
             added += 1
@@ -180,23 +190,39 @@ class Aggregator:
             dst = obs.dst
             kind = obs.kind
             ts = obs.ts
-            key = (src.ip, src.mac, kind, obs.value)
+            sighting = (src.ip, src.mac)
+            key = (*sighting, kind, obs.value)
             record = get(key)
             if record is None:
                 if len(table) < max_keys:
                     table[key] = [1, ts, ts, obs.attrs, dst.ip]
                     if kind in dhcp_kinds:
                         self._dhcp_keys.append(key)
+                    span = span_of(sighting)
+                    if span is None:
+                        spans[sighting] = [ts, ts, obs.attrs]
+                    else:
+                        if ts < span[0]:  # noqa: PLR1730 - a comparison costs less than min() per packet
+                            span[0] = ts
+                        if ts >= span[1]:
+                            span[1] = ts
+                            span[2] = obs.attrs
                 else:
                     stats.shed_observations += 1
             else:
                 record[0] += 1
-                if ts < record[1]:  # noqa: PLR1730 - a comparison costs less than min() per packet
+                if ts < record[1]:  # noqa: PLR1730
                     record[1] = ts
                 if ts >= record[2]:
                     record[2] = ts
                     record[3] = obs.attrs
                     record[4] = dst.ip
+                span = spans[sighting]  # made with the record
+                if ts < span[0]:  # noqa: PLR1730
+                    span[0] = ts
+                if ts >= span[1]:
+                    span[1] = ts
+                    span[2] = obs.attrs
             if dst.mac is not None and dst.ip is not None:
                 pair = (dst.ip, dst.mac)
                 if pair not in peers:
@@ -232,7 +258,9 @@ class Aggregator:
 
     def drain(self) -> Window:
         """Hand the window over and start a new one."""
-        window = Window(self._observations, self._evidence, self._peers, self._dhcp_keys, self._observed)
+        window = Window(
+            self._observations, self._evidence, self._peers, self._dhcp_keys, self._observed, self._spans
+        )
         self._reset()
         self.stats.windows += 1
         return window

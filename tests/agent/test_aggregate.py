@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ from sqlalchemy import func, select
 
 from agent._aggregate import FlushResult, StoreWriter, product_key
 from agent._identity import IdentityResolver
-from agent._window import Aggregator
+from agent._window import Aggregator, Window
 from collectors import Endpoint, Kind, Observation
 from fingerprints import Index, load_catalog, load_index
 from fingerprints import Index as FingerprintIndex
@@ -106,6 +107,33 @@ def test_the_window_is_bounded_and_counts_what_it_sheds(index: Index) -> None:
     window = aggregator.drain()
     assert window.observations[CLIENT.ip, CLIENT.mac, Kind.TLS_SNI, "0.random-subdomain.example"][0] == 2
     assert len(window.evidence) <= 3
+
+
+def test_source_spans_are_those_of_the_counted_records(index: Index) -> None:
+    """Kept as the Observations come, they equal the spans read from the records; shed ones count nowhere."""
+    rng = random.Random(7)
+    sources = [Endpoint(f"10.2.0.{i}", f"02:00:00:00:00:{i:02x}", 40000 + i) for i in range(1, 30)]
+    times = rng.sample(range(100_000), 3000)  # no two alike: "the last" is one observation
+    observations = [
+        obs(ts / 10, f"h{rng.randrange(150)}.example", src=rng.choice(sources), vlan=rng.randrange(1, 5))
+        for ts in times
+    ]
+    aggregator = Aggregator(index, max_keys=2000)
+    aggregator.add_all(observations)
+    assert aggregator.stats.shed_observations > 0
+    window = aggregator.drain()
+    assert window.spans == Window.spans_of(window.observations)
+    assert set(window.spans) == {(ip, mac) for ip, mac, _, _ in window.observations}
+
+
+def test_a_sources_last_vlan_is_that_of_its_last_observation(index: Index) -> None:
+    aggregator = Aggregator(index)
+    aggregator.add_all(
+        [obs(5, "a.example", vlan=10), obs(9, "b.example", vlan=20), obs(7, "a.example", vlan=30)]
+    )
+    aggregator.add_all([obs(9, "a.example", vlan=40)])  # as late as the latest: it arrived after it
+    span = aggregator.drain().spans[CLIENT.ip, CLIENT.mac]
+    assert span == [T0 + 5, T0 + 9, {"vlan": 40}]
 
 
 def test_evidence_is_per_sighting_and_rule(index: Index) -> None:
