@@ -320,11 +320,11 @@ class Decoder:
         #: partition does: every decoder of a file reads every frame).
         self.counts_unowned = partition is None or partition.number == 0
         self.index = 0
-        self._names: dict[bytes, str] = {}
-        """Text of the IPv4 addresses (4 bytes) and MACs (6 bytes) seen lately (``_context``)."""
         """The number (from 0) of the frame being decoded: set by the loops that call ``feed``."""
         self.tags: list[int] | None = [] if partition is not None else None
         """With a partition: the frame number of each Observation in ``out``, in the same order."""
+        self._names: dict[bytes, str] = {}
+        """Text of the IPv4 addresses (4 bytes) and MACs (6 bytes) seen lately (``_context``)."""
 
     # -- entry points ----------------------------------------------------------------------------
 
@@ -760,11 +760,11 @@ class Decoder:
             if dst_ip is None:
                 dst_ip = names[raw] = socket.inet_ntop(family, raw)
             src_text = dst_text = None
-            if src_mac is not None:
+            if src_mac:  # as below: no MAC (None, or nothing left of the frame) is None
                 src_text = names.get(src_mac)
                 if src_text is None:
                     src_text = names[src_mac] = src_mac.hex(":")
-            if dst_mac is not None:
+            if dst_mac:
                 dst_text = names.get(dst_mac)
                 if dst_text is None:
                     dst_text = names[dst_mac] = dst_mac.hex(":")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import random
+import socket
 import struct
 
 import pytest
@@ -26,10 +27,12 @@ from scapy.layers.tls.handshake import TLSClientHello
 from scapy.layers.tls.record import TLS
 from scapy.packet import Packet, Raw
 
+import collectors._decoder
 from collectors import (
     CaptureFormatError,
     Decoder,
     DecodeStats,
+    Endpoint,
     Kind,
     Observation,
     decode_packets,
@@ -335,3 +338,19 @@ def test_random_capture_files_fail_cleanly_or_decode() -> None:
             data[rng.randrange(len(data))] = rng.randrange(256)
         with contextlib.suppress(CaptureFormatError):
             _decode(bytes(data))
+
+
+def test_packet_endpoints_from_the_name_cache_are_those_made_afresh() -> None:
+    """``Decoder._context`` looks IPv4 and MAC texts up: the Endpoints are those ``from_packet`` makes."""
+    decoder = Decoder(agent="a")
+    rng = random.Random(3)
+    for _ in range(3000):
+        buf = bytes(rng.randrange(256) for _ in range(8)) if rng.random() < 0.5 else bytes([10, 0, 0, 1] * 2)
+        src_mac = rng.choice([None, b"", bytes([2, 0, 0, 0, 0, rng.randrange(4)]), b"\xff" * 6])
+        dst_mac = rng.choice([None, bytes([0, 0x1B, 0x21, 0, 0, rng.randrange(4)])])
+        ports = rng.randrange(65536), rng.randrange(65536)
+        ctx = decoder._context(1.5, socket.AF_INET, buf, 0, 4, src_mac, dst_mac, *ports, None)
+        src_ip, dst_ip = socket.inet_ntop(socket.AF_INET, buf[:4]), socket.inet_ntop(socket.AF_INET, buf[4:8])
+        assert ctx.src == Endpoint(src_ip, src_mac.hex(":") if src_mac else None, ports[0])
+        assert ctx.dst == Endpoint(dst_ip, dst_mac.hex(":") if dst_mac else None, ports[1])
+    assert 0 < len(decoder._names) <= collectors._decoder._MAX_NAMES
