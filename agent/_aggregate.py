@@ -16,7 +16,7 @@ deleted, and the rest are replaced. Evidence that supports no detection of inter
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -32,15 +32,22 @@ from agent._window import Window
 from collectors import Kind
 from fingerprints import Detection as Assessed
 from fingerprints import Evidence, Index, RuleInfo, Side, rule_weight
-from store import Detection, among, upsert_agent, upsert_detections, upsert_observation_rows
+from store import (
+    Detection,
+    among,
+    merge_observation_rows,
+    upsert_agent,
+    upsert_detections,
+    upsert_observation_rows,
+)
 
 #: Evidence entries kept per detection (the strongest, then the earliest).
 MAX_EVIDENCE_PER_DETECTION: Final = 32
 
 #: Plain strings for the database (``Kind.value`` is a descriptor call per row).
 _KIND_TEXT: Final = {kind: kind.value for kind in Kind}
-_FIRST: Final = itemgetter(1)
-_LAST: Final = itemgetter(2)
+_FIRST: Final = itemgetter(0)  # of a source's span (``Window.spans``)
+_LAST: Final = itemgetter(1)
 
 
 @cache
@@ -156,7 +163,16 @@ class StoreWriter:
         endpoints = resolution.endpoints
         pseudonym = self.resolver.pseudonym if self.resolver.pseudonymous else None
         agent = self.agent
-        rows: list[tuple[Any, ...]] = []  # OBSERVATION_COLUMNS
+        # One source's keys are distinct: only an endpoint of several sources (a device's
+        # addresses) can get two rows of one key, and only its rows are merged.
+        single: set[int] = set()
+        shared: set[int] = set()
+        for source in window.spans:
+            endpoint_id = endpoints.get(source)
+            if endpoint_id is not None:
+                (shared if endpoint_id in single else single).add(endpoint_id)
+        rows: list[Sequence[Any]] = []  # OBSERVATION_COLUMNS
+        doubled: list[Sequence[Any]] = []
         stored = 0
         for (ip, mac, kind, value), (count, first, last, attrs, peer) in window.observations.items():
             endpoint_id = endpoints.get((ip, mac))
@@ -167,12 +183,14 @@ class StoreWriter:
                 value, attrs = pseudonym(value), {}
             stored += count
             # Times in epoch seconds: UtcDateTime formats them cheaper than datetimes.
-            rows.append((agent, endpoint_id, _KIND_TEXT[kind], value, first, last, count, attrs, peer))
+            row = (agent, endpoint_id, _KIND_TEXT[kind], value, first, last, count, attrs, peer)
+            (doubled if endpoint_id in shared else rows).append(row)
+        rows += merge_observation_rows(doubled)
         result.observations = stored
-        if window.observations:
-            result.first_ts = min(map(_FIRST, window.observations.values()))
-            result.last_ts = max(map(_LAST, window.observations.values()))
-        result.rows = upsert_observation_rows(session, rows)
+        if window.spans:  # the sources' spans cover every record
+            result.first_ts = min(map(_FIRST, window.spans.values()))
+            result.last_ts = max(map(_LAST, window.spans.values()))
+        result.rows = upsert_observation_rows(session, rows, distinct=True)
         result.endpoints.update(endpoints.values())
 
     # -- detections ---------------------------------------------------------------------------------

@@ -487,12 +487,15 @@ def upsert_observations(target: Connection | Session, rows: Iterable[Mapping[str
     return upsert_observation_rows(target, list(map(_OBSERVATION_ROW, rows)))
 
 
-def upsert_observation_rows(target: Connection | Session, rows: Iterable[Sequence[Any]]) -> int:
+def upsert_observation_rows(
+    target: Connection | Session, rows: Iterable[Sequence[Any]], *, distinct: bool = False
+) -> int:
     """``upsert_observations`` for rows given as tuples of ``OBSERVATION_COLUMNS`` (the scan's window).
 
     Tens of thousands of rows per window: no mapping is built (``merge_observation_rows``).
+    ``distinct``: no two rows share a key (the caller merged them), so they are not merged again.
     """
-    merged = merge_observation_rows(rows)
+    merged = list(rows) if distinct else merge_observation_rows(rows)
     if not merged:
         return 0
     connection = _connection(target)
