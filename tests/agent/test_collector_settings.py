@@ -72,3 +72,32 @@ def test_collector_paused_restores_the_state_it_found(enabled: bool) -> None:
     with collector_paused():
         assert not gc.isenabled()
     assert gc.isenabled() is enabled
+
+
+@pytest.mark.usefixtures("collector")
+def test_a_pause_that_freezes_leaves_no_collection_due_behind_it() -> None:
+    """What was allocated during the pause is frozen: the next allocation does not collect."""
+    gc.enable()
+    gc.unfreeze()
+    gc.collect()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        with collector_paused(freeze=True):
+            made = _cycles(20_000)  # far past the young generation's threshold
+        assert not collections
+        assert gc.get_freeze_count() >= len(made)
+        after = [[] for _ in range(100)]  # would collect at once had the count stayed
+        assert not collections
+        with collector_paused():
+            more = _cycles(20_000)
+        _ = [[] for _ in range(10)]
+        assert collections  # without freezing, the pause only held the collection back
+    finally:
+        gc.callbacks.remove(count)
+    assert len(after) + len(more) == 20_100
