@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from collectors._observation import Endpoint, Kind, Observation
 from tests.collectors.test_tls import SPEC_BODY, alpn_ext, ext, handshake, hello_body, sni_ext, versions_ext
 from tests.corpus import PCAP_DIR, corpus_pcaps, require_corpus, truth_of
 
+REPO = Path(__file__).resolve().parents[2]
 CLIENT = Endpoint("10.0.0.2", None, 50000)
 SERVER = Endpoint("192.0.2.1", None, 443)
 CTX = PacketContext(1_700_000_000.0, CLIENT, SERVER)
@@ -651,3 +654,15 @@ def test_corpus_one_report_per_connection() -> None:
     require_corpus()
     assert len(_decode("tcpdump/quic_retry.pcap")) == 1
     assert len(_decode("zeek/quic__quic-multiple-initial-fragmented-crypto.pcap")) == 1
+
+
+def test_the_decoder_loads_cryptography_only_for_a_quic_initial() -> None:
+    """``lanterne scan`` forks its decoding process once the decoder is imported: no cryptography then."""
+    script = (
+        "import sys, agent._prefetch, collectors._decoder; "
+        "print(any(name.startswith('cryptography') for name in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True, cwd=REPO
+    )
+    assert done.stdout.strip() == "False"
