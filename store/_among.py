@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from sqlalchemy import any_, bindparam, func, select
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -43,7 +42,9 @@ def among(target: Connection | Session, column: Any, values: Sequence[str] | Seq
     connection = target.connection() if isinstance(target, Session) else target
     name = connection.dialect.name
     if name == "postgresql":
-        yield column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(column.type)))
+        from sqlalchemy.dialects.postgresql import ARRAY  # noqa: PLC0415 - loaded where it is used
+
+        yield column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
         return
     if name == "sqlite" and _has_json(connection):
         array = _dumps(list(values))  # the JSON columns' own writer: compact, orjson
