@@ -59,6 +59,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
 class _Json(TypeDecorator[Any]):
     """JSON that PostgreSQL stores as JSONB; plain JSON (text) on SQLite.
 
