@@ -6,7 +6,7 @@
  * ("YYYY-MM-DD HH:MM:SS.ffffff"). store/_models.py does it in Python (_epoch_text); this module
  * does the same computation in C for floats and hands everything else (None aside) to the
  * Python function it was given, so the stored text is the same either way (the tests compare
- * both on millions of values, edge cases included). Nothing here reads outside its arguments.
+ * both on random and edge instants). Nothing here reads outside its arguments.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
