@@ -5,7 +5,8 @@ them object by object, then the interpreter's own teardown of every module, took
 summary was printed, for nothing, since the process ends there. ``leave`` ends it as the
 interpreter would, minus that: the standard streams flushed, the ``atexit`` handlers run (the
 decoding processes of a file never scanned are stopped there, logging is flushed), then
-``os._exit`` with the command's status. ``keep`` holds objects until then.
+``os._exit`` with the command's status. ``keep`` holds an object until then (the last one given:
+a scan of many files frees each file's window when the next one is kept, as before).
 
 Only the console script arms it (``agent._entry``), for ``scan``, and only after the command has
 returned or raised ``SystemExit``: a command run inside another program (tests, the daemon)
@@ -21,6 +22,7 @@ import threading
 from typing import NoReturn
 
 _kept: list[object] = []
+"""At most one object: the last one ``keep`` was given."""
 _armed = False
 
 
@@ -36,9 +38,13 @@ def armed() -> bool:
 
 
 def keep(item: object) -> None:
-    """Hold ``item`` until the process ends (when armed: the system frees it whole); nothing otherwise."""
+    """Hold ``item`` until the process ends, in place of what was held (when armed); nothing otherwise.
+
+    The system frees it whole then. One object at most: memory stays bounded however many files
+    a scan reads.
+    """
     if _armed:
-        _kept.append(item)
+        _kept[:] = [item]
 
 
 def status_of(exit_code: object) -> int:

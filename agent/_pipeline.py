@@ -201,13 +201,14 @@ class Scanner:
                     windows = stack.enter_context(
                         closing(self._windows(handle, report, progress, aggregate, decoded))
                     )
-                for window in windows:
+                last: Window | None = None
+                for last in windows:
                     if session is None:  # opened at the first window: decoding holds no write lock
                         session = stack.enter_context(self.store.write())
                     with collector_paused():
-                        report.stored.add(writer.write(session, window))
+                        report.stored.add(writer.write(session, last))
                     gc.freeze()
-                keep(window)  # a scan about to end leaves it to the system (``agent._exit``)
+                keep(last)  # a scan about to end leaves it to the system (``agent._exit``)
                 if worker is not None:
                     assert worker.result is not None, "windows() ends with the result"
                     report.sha256 = worker.sha256()

@@ -61,6 +61,16 @@ def test_keep_holds_nothing_unless_armed() -> None:
     assert len(_exit._kept) == before == 0
 
 
+def test_keep_holds_the_last_object_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scan of many files keeps the last file's window, not every file's: memory stays bounded."""
+    monkeypatch.setattr(_exit, "_armed", True)
+    monkeypatch.setattr(_exit, "_kept", [])
+    windows = [object() for _ in range(5)]
+    for window in windows:
+        _exit.keep(window)
+    assert _exit._kept == [windows[-1]]
+
+
 def test_the_console_scan_ends_with_its_whole_output_and_status(tmp_path: Path) -> None:
     path = capture(tmp_path / "a.pcap", packets=600, clients=8, names=["chatgpt.com", "x.org"], seed=9)
     url = f"sqlite:///{tmp_path / 'x.db'}"
